@@ -67,15 +67,31 @@ def test_example_mentions_every_field() -> None:
     )
 
     names: set[str] = set()
-    for model in (AppConfig, EnvironmentConfig, ServiceEndpoint, RedisEndpoint, PostgresEndpoint,
-                  HAProxySwitch, CommandSwitch, SandboxSwitch):
+    for model in (
+        AppConfig,
+        EnvironmentConfig,
+        ServiceEndpoint,
+        RedisEndpoint,
+        PostgresEndpoint,
+        HAProxySwitch,
+        CommandSwitch,
+        SandboxSwitch,
+    ):
         names |= {p.rsplit(".", 1)[-1] for p in _field_paths(model)}
-    missing = sorted(n for n in names if f"{n} =" not in text and f"[{n}" not in text
-                     and f".{n}]" not in text and f".{n}." not in text)
+    missing = sorted(
+        n
+        for n in names
+        if f"{n} =" not in text
+        and f"[{n}" not in text
+        and f".{n}]" not in text
+        and f".{n}." not in text
+    )
     assert not missing, f"config example leaves out: {missing}"
 
 
-def test_environment_variable_overrides_file(example_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_variable_overrides_file(
+    example_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ACGS_CONSOLE__PROMETHEUS__URL", "http://127.0.0.1:19090")
     monkeypatch.setenv("ACGS_CONSOLE__THRESHOLDS__P99_LATENCY_MS_CRITICAL", "6.5")
     cfg, path = load_config(example_file)
@@ -88,8 +104,9 @@ def test_environment_variable_overrides_file(example_file: Path, monkeypatch: py
 
 def test_search_order(example_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     other = tmp_path / "other.toml"
-    data = example_file.read_text().replace('constitutional_hash = "cdd01ef066bc6cf2"',
-                                            'constitutional_hash = "0123456789abcdef"')
+    data = example_file.read_text().replace(
+        'constitutional_hash = "cdd01ef066bc6cf2"', 'constitutional_hash = "0123456789abcdef"'
+    )
     other.write_text(data)
     monkeypatch.chdir(tmp_path)  # ./acgs-console.toml is example_file
     assert load_config()[1] == Path.cwd() / "acgs-console.toml"
@@ -101,7 +118,7 @@ def test_search_order(example_file: Path, tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_passwords_are_secret(example_file: Path) -> None:
     text = example_file.read_text().replace(
-        "# password = \"change-me\"", "password = \"hunter2-very-secret\"", 1
+        '# password = "change-me"', 'password = "hunter2-very-secret"', 1
     )
     example_file.write_text(text)
     cfg, _ = load_config(example_file)
@@ -137,8 +154,11 @@ MALFORMED = {
         "'haproxy'",
     ),
     "missing-green": (
-        lambda t: t.split("# --- the green environment")[0]
-        + "[prometheus" + t.split("\n[prometheus", 1)[1],
+        lambda t: (
+            t.split("# --- the green environment")[0]
+            + "[prometheus"
+            + t.split("\n[prometheus", 1)[1]
+        ),
         "environments",
         "green",
     ),
@@ -183,8 +203,9 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
 
 def test_error_names_the_environment_variable(example_file: Path) -> None:
-    result = run_cli("config", "validate", str(example_file),
-                     env={"ACGS_CONSOLE__REFRESH_INTERVAL_S": "soon"})
+    result = run_cli(
+        "config", "validate", str(example_file), env={"ACGS_CONSOLE__REFRESH_INTERVAL_S": "soon"}
+    )
     assert result.returncode == 2
     assert "$ACGS_CONSOLE__REFRESH_INTERVAL_S" in result.stderr
 
