@@ -40,8 +40,10 @@ def _config_validate(args: argparse.Namespace) -> int:
         _print_config_error(err)
         return EXIT_UNUSABLE
     envs = ", ".join(f"{e.value} ({len(c.services)} services)" for e, c in cfg.environments.items())
-    print(f"{path or '(environment)'}: valid. Environments: {envs}; traffic switch: {cfg.traffic.kind}; "
-          f"metrics: {'prometheus ' + cfg.prometheus.url if cfg.prometheus.url else 'direct scrape'}.")
+    print(
+        f"{path or '(environment)'}: valid. Environments: {envs}; traffic switch: {cfg.traffic.kind}; "
+        f"metrics: {'prometheus ' + cfg.prometheus.url if cfg.prometheus.url else 'direct scrape'}."
+    )
     return EXIT_OK
 
 
@@ -82,24 +84,44 @@ def build_parser() -> argparse.ArgumentParser:
         prog="acgs-console",
         description="Terminal operations console for ACGS blue-green production deployments.",
     )
-    parser.add_argument("--config", metavar="PATH", help="config file (default: $ACGS_CONSOLE_CONFIG, "
-                        "./acgs-console.toml, then the user config dir)")
-    parser.add_argument("--sandbox", action="store_true",
-                        help="start a local sandbox estate in the background and open the console on it")
-    parser.add_argument("--engines", choices=("auto", "none"), default="auto",
-                        help="with --sandbox: use real HAProxy/Prometheus/PostgreSQL/Redis when present (auto)")
-    parser.add_argument("--read-only", action="store_true", help="an observer console that can never drive")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $ACGS_CONSOLE_CONFIG, "
+        "./acgs-console.toml, then the user config dir)",
+    )
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="start a local sandbox estate in the background and open the console on it",
+    )
+    parser.add_argument(
+        "--engines",
+        choices=("auto", "none"),
+        default="auto",
+        help="with --sandbox: use real HAProxy/Prometheus/PostgreSQL/Redis when present (auto)",
+    )
+    parser.add_argument(
+        "--read-only", action="store_true", help="an observer console that can never drive"
+    )
     parser.set_defaults(func=_tui)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     config = sub.add_parser("config", help="validate or print an example configuration")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    validate = config_sub.add_parser("validate", help="check a config file; exit 0 valid, 2 invalid")
+    validate = config_sub.add_parser(
+        "validate", help="check a config file; exit 0 valid, 2 invalid"
+    )
     validate.add_argument("path", nargs="?", help="the file (default: the usual search order)")
     validate.set_defaults(func=_config_validate)
-    example = config_sub.add_parser("example", help="print a commented example covering every field")
+    example = config_sub.add_parser(
+        "example", help="print a commented example covering every field"
+    )
     example.set_defaults(func=_config_example)
 
+    from console import audit_cli
+
+    audit_cli.add_arguments(sub)
     return parser
 
 

@@ -94,7 +94,9 @@ class RedisEndpoint(Section):
     @classmethod
     def _redis_url(cls, v: str) -> str:
         if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis:// rediss:// or unix:// URL, e.g. 'redis://127.0.0.1:6379/0'")
+            raise ValueError(
+                "must be a redis:// rediss:// or unix:// URL, e.g. 'redis://127.0.0.1:6379/0'"
+            )
         if "@" in v.split("//", 1)[1].split("/", 1)[0]:
             raise ValueError("must not carry credentials; set 'password' (and 'username') instead")
         return v
@@ -263,7 +265,9 @@ class CommandSwitch(Section):
     @classmethod
     def _template(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("needs a command, e.g. ['./scripts/load-balancer-switch.sh', '--green-percentage', '{green_percentage}']")
+            raise ValueError(
+                "needs a command, e.g. ['./scripts/load-balancer-switch.sh', '--green-percentage', '{green_percentage}']"
+            )
         if not any("{green_percentage}" in a for a in v):
             raise ValueError("must contain '{green_percentage}' in one argument")
         return v
@@ -320,6 +324,11 @@ class Thresholds(Section):
     """Warning: share of requests failing hash validation above this."""
     auth_failures_per_minute_critical: float = 10.0
     """Critical: failed authentication attempts per minute above this."""
+    error_rate_warning: float = Field(0.001, ge=0, le=1)
+    """Dashboard level only: share of 5xx responses (0..1) above this shows as warning
+    (the runbook asks for "no increase in error rates"; it names no number)."""
+    error_rate_critical: float = Field(0.01, ge=0, le=1)
+    """Dashboard level only: share of 5xx responses (0..1) above this shows as critical."""
     security_score_critical: float = 90.0
     """Critical: security score below this (/100)."""
     security_score_target: float = 98.0
@@ -339,6 +348,8 @@ class Thresholds(Section):
             raise ValueError("rps_warning must be at least rps_critical")
         if self.cache_hit_warning < self.cache_hit_critical:
             raise ValueError("cache_hit_warning must be at least cache_hit_critical")
+        if self.error_rate_warning > self.error_rate_critical:
+            raise ValueError("error_rate_warning must not exceed error_rate_critical")
         return self
 
 
@@ -370,6 +381,14 @@ class RollbackConfig(Section):
     """What to tell the operator when the switch itself fails."""
     retries: int = Field(3, ge=0)
     """Retries (with backoff) when the switch fails."""
+    retry_backoff_s: float = Field(0.2, gt=0, le=10)
+    """Wait before the first retry (s); it doubles after each failure, up to 2 s."""
+    verify_window_s: float = Field(1.0, gt=0, le=60)
+    """Requests must reach blue, and none reach green, for this long (s) to count as verified."""
+    verify_timeout_s: float = Field(4.0, gt=0, le=120)
+    """Give up confirming that requests reach blue after this long (s): then it is unverified."""
+    report_dir: Path | None = None
+    """Where incident reports (Markdown + JSON) are written (default: <state dir>/incidents)."""
 
 
 class CoordinationConfig(Section):
@@ -396,6 +415,17 @@ class CommandSpec(Section):
     """Working directory."""
     timeout_s: float = Field(600.0, gt=0)
     """Timeout in seconds."""
+
+
+class SecurityConfig(Section):
+    """Where the site's security tools leave their output (pre-deployment "Security Validation")."""
+
+    vulnerability_report: Path | None = None
+    """Trivy (``--format json``) or Grype (``-o json``) report; critical and high findings are counted."""
+    sbom: Path | None = None
+    """CycloneDX or SPDX JSON SBOM; it must parse and list components."""
+    security_score_file: Path | None = None
+    """Security score out of 100: a plain number (``97.5``, ``97.5/100``) or JSON ``{"score": 97.5}``."""
 
 
 class UIConfig(Section):
@@ -455,6 +485,10 @@ class AppConfig(BaseSettings):
     """Multi-operator coordination."""
     commands: dict[str, CommandSpec] = {}
     """Site commands for runbook steps, by step id."""
+    monitor_windows: dict[str, float] = {}
+    """Monitor window lengths in seconds by runbook step id, overriding the runbook's (a rehearsal may shorten them)."""
+    security: SecurityConfig = SecurityConfig()
+    """The security tools' output files."""
     ui: UIConfig = UIConfig()
     """Look and keys."""
     sandbox: SandboxInfo | None = None
@@ -550,7 +584,7 @@ _FIXES = {
     "int_parsing": "use a whole number",
     "bool_parsing": "use true or false",
     "string_type": "use a quoted string",
-    "list_type": "use a list, e.g. [\"a\", \"b\"]",
+    "list_type": 'use a list, e.g. ["a", "b"]',
     "dict_type": "use a table",
     "model_type": "use a table",
     "greater_than": "use a larger number",
@@ -585,7 +619,9 @@ def _problems(err: ValidationError, source: str) -> list[ConfigProblem]:
         raw = e.get("input")
         shown = "nothing" if e["type"] == "missing" else repr(raw)
         if isinstance(raw, dict):
-            shown = "a table with keys " + ", ".join(sorted(map(str, raw))) if raw else "an empty table"
+            shown = (
+                "a table with keys " + ", ".join(sorted(map(str, raw))) if raw else "an empty table"
+            )
         if "password" in field.lower():
             shown = "(hidden)"
         shown = _redact(shown)
@@ -622,23 +658,51 @@ def load_config(explicit: Path | str | None = None) -> tuple[AppConfig, Path | N
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(
-                [ConfigProblem(file=source, field="(file)", value="missing", message="no such file",
-                               fix="check the path, or write one with `acgs-console config example`")]
+                [
+                    ConfigProblem(
+                        file=source,
+                        field="(file)",
+                        value="missing",
+                        message="no such file",
+                        fix="check the path, or write one with `acgs-console config example`",
+                    )
+                ]
             ) from None
         except OSError as exc:
             raise ConfigError(
-                [ConfigProblem(file=source, field="(file)", value=exc.strerror or str(exc),
-                               message="cannot read the file", fix="check its permissions")]
+                [
+                    ConfigProblem(
+                        file=source,
+                        field="(file)",
+                        value=exc.strerror or str(exc),
+                        message="cannot read the file",
+                        fix="check its permissions",
+                    )
+                ]
             ) from None
         except UnicodeDecodeError:
             raise ConfigError(
-                [ConfigProblem(file=source, field="(file)", value="binary data",
-                               message="not UTF-8 text", fix="save the file as UTF-8 TOML")]
+                [
+                    ConfigProblem(
+                        file=source,
+                        field="(file)",
+                        value="binary data",
+                        message="not UTF-8 text",
+                        fix="save the file as UTF-8 TOML",
+                    )
+                ]
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(
-                [ConfigProblem(file=source, field="(syntax)", value=str(exc),
-                               message="not valid TOML", fix="correct the TOML syntax at the line and column shown")]
+                [
+                    ConfigProblem(
+                        file=source,
+                        field="(syntax)",
+                        value=str(exc),
+                        message="not valid TOML",
+                        fix="correct the TOML syntax at the line and column shown",
+                    )
+                ]
             ) from None
     try:
         cfg = AppConfig(**data)

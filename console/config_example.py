@@ -30,6 +30,7 @@ from console.config import (
     RollbackConfig,
     SandboxInfo,
     SandboxSwitch,
+    SecurityConfig,
     ServiceEndpoint,
     Thresholds,
     UIConfig,
@@ -59,6 +60,9 @@ _SAMPLES: dict[str, Any] = {
     "keymap": {"rollback": "f9", "help": "question_mark"},
     "extra_selector": 'job="acgs"',
     "real_engines": ["haproxy", "prometheus", "redis", "postgresql"],
+    "vulnerability_report": "/var/lib/acgs/security/trivy.json",
+    "sbom": "/var/lib/acgs/security/sbom.cdx.json",
+    "security_score_file": "/var/lib/acgs/security/score.json",
 }
 
 
@@ -115,7 +119,11 @@ def _section(
             lines.append(f"{prefix}{c}")
         line = f"{name} = {_toml_value(value)}"
         # Optional fields without a default are shown commented out: valid as printed.
-        lines.append(("# " + line) if (optional_blank and not commented and not (overrides and name in overrides)) else prefix + line)
+        lines.append(
+            ("# " + line)
+            if (optional_blank and not commented and not (overrides and name in overrides))
+            else prefix + line
+        )
 
 
 def example_config() -> str:
@@ -128,12 +136,20 @@ def example_config() -> str:
         "# Passwords are never shown on screen or in logs.",
     ]
     top = {n: i for n, i in AppConfig.model_fields.items()}
-    for name in ("constitutional_hash", "refresh_interval_s", "probe_timeout_s", "operator", "runbook"):
+    for name in (
+        "constitutional_hash",
+        "refresh_interval_s",
+        "probe_timeout_s",
+        "operator",
+        "runbook",
+    ):
         info = top[name]
         lines.extend(_comment(info))
         value = info.default if info.default is not None else _SAMPLES[name]
         line = f"{name} = {_toml_value(value)}"
         lines.append(line if info.default is not None else "# " + line)
+    lines.extend(_comment(top["monitor_windows"]))
+    lines.append('# monitor_windows = { monitor-10 = 30.0, monitor-50 = 30.0 }')
 
     for env_index, env in enumerate(Environment):
         lines.append("")
@@ -148,18 +164,28 @@ def example_config() -> str:
         for i, service in enumerate(ORCHESTRATORS):
             host = f"http://10.0.{env_index + 1}.{10 + i}:8000"
             if i == 0:
-                _section(lines, f"environments.{env.value}.services.{service}", ServiceEndpoint,
-                         overrides={"base_url": host})
+                _section(
+                    lines,
+                    f"environments.{env.value}.services.{service}",
+                    ServiceEndpoint,
+                    overrides={"base_url": host},
+                )
             else:
                 lines.append("")
                 lines.append(f"[environments.{env.value}.services.{service}]")
                 lines.append(f'base_url = "{host}"')
-        _section(lines, f"environments.{env.value}.redis", RedisEndpoint,
-                 overrides={"url": f"redis://10.0.{env_index + 1}.20:6379/0"})
+        _section(
+            lines,
+            f"environments.{env.value}.redis",
+            RedisEndpoint,
+            overrides={"url": f"redis://10.0.{env_index + 1}.20:6379/0"},
+        )
         _section(lines, f"environments.{env.value}.postgres", PostgresEndpoint)
 
     _section(lines, "prometheus", PrometheusConfig, overrides={"url": "http://10.0.0.5:9090"})
-    lines.append("# PromQL templates: $selector selects both environments, $label is the environment")
+    lines.append(
+        "# PromQL templates: $selector selects both environments, $label is the environment"
+    )
     lines.append("# label, $window the rate window; each query groups by ($label).")
     from console.config import PrometheusQueries
 
@@ -180,8 +206,13 @@ def example_config() -> str:
     lines.append("")
     lines.append("# Site commands for runbook steps, by step id (argv lists, never shell strings).")
     lines.append("# A command step whose id is not set here becomes an operator attestation.")
-    _section(lines, "commands.deploy-infrastructure-green", CommandSpec,
-             overrides={"argv": ["./deploy-infrastructure-green.sh"]})
+    _section(
+        lines,
+        "commands.deploy-infrastructure-green",
+        CommandSpec,
+        overrides={"argv": ["./deploy-infrastructure-green.sh"]},
+    )
+    _section(lines, "security", SecurityConfig)
     _section(lines, "ui", UIConfig)
     lines.append("# Written by `acgs-console sandbox up`; leave it out for a real estate.")
     _section(lines, "sandbox", SandboxInfo, commented=True)
