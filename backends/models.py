@@ -88,6 +88,8 @@ class ServiceHealth(Frozen):
     body_hash_verdict: HashVerdict = HashVerdict.UNKNOWN
     header_hash_verdict: HashVerdict = HashVerdict.UNKNOWN
     checked_at: datetime = Field(default_factory=utcnow)
+    stale: bool = False
+    """True when this is not a fresh observation: the last one is past its age (shown as stale)."""
 
     @property
     def hash_ok(self) -> bool:
@@ -126,6 +128,10 @@ class MetricValue(Frozen):
     source: str = ""
     stale: bool = False
     error: str | None = None
+    absent: bool = False
+    """The source answered and positively has no such series (the services do not
+    export it) -- as opposed to "no data" because something failed. ``value`` is
+    ``None`` either way; only the compliance score treats the two differently."""
 
     @property
     def known(self) -> bool:
@@ -187,6 +193,8 @@ class RedisStatus(Frozen):
     cluster_state: str | None = None
     keyspace_hit_ratio: float | None = None
     checked_at: datetime = Field(default_factory=utcnow)
+    stale: bool = False
+    """True when this is not a fresh observation: the last one is past its age (shown as stale)."""
 
     @property
     def operational(self) -> bool:
@@ -220,6 +228,8 @@ class ReplicationStatus(Frozen):
     synchronized: bool | None = None
     """Streaming, enough replicas, and lag within the configured bytes and seconds. None = unknown."""
     checked_at: datetime = Field(default_factory=utcnow)
+    stale: bool = False
+    """True when this is not a fresh observation: the last one is past its age (shown as stale)."""
 
 
 class TrafficSplit(Frozen):
@@ -232,6 +242,8 @@ class TrafficSplit(Frozen):
     source: str = ""
     error: str | None = None
     read_at: datetime = Field(default_factory=utcnow)
+    stale: bool = False
+    """True when this is not a fresh observation: the last one is past its age (shown as stale)."""
 
     @property
     def blue_percentage(self) -> float | None:
@@ -256,6 +268,8 @@ class ComplianceResult(Frozen):
     """
 
     checks: tuple[ComplianceCheck, ...] = ()
+    notes: tuple[str, ...] = ()
+    """Why a check was left out of the score (e.g. a gauge no service exports)."""
 
     @property
     def score(self) -> float | None:
