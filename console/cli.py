@@ -60,10 +60,14 @@ def _tui(args: argparse.Namespace) -> int:
     handle = None
     config_path: Path | str | None = args.config
     if args.sandbox:
-        from console.sandbox.cli import start_background_sandbox
+        from console.sandbox.cli import SandboxStartError, start_background_sandbox
 
         print("acgs-console: starting the sandbox estate ...", file=sys.stderr)
-        config_path, handle = start_background_sandbox(engines=args.engines)
+        try:
+            config_path, handle = start_background_sandbox(engines=args.engines)
+        except SandboxStartError as err:
+            print(f"acgs-console: the sandbox did not start: {err}", file=sys.stderr)
+            return EXIT_UNUSABLE
     try:
         try:
             cfg, path = load_config(config_path)
@@ -120,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     example.set_defaults(func=_config_example)
 
     from console import audit_cli
+    from console.sandbox.cli import add_arguments as add_sandbox
 
+    add_sandbox(sub)
     audit_cli.add_arguments(sub)
     return parser
 
