@@ -54,6 +54,12 @@ def _config_example(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _runbook_validate(args: argparse.Namespace) -> int:
+    from console.runbook.loader import validate_command
+
+    return validate_command(args.path, args.config)
+
+
 def _tui(args: argparse.Namespace) -> int:
     from console.config import ConfigError, load_config
 
@@ -128,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sandbox(sub)
     audit_cli.add_arguments(sub)
+    runbook = sub.add_parser("runbook", help="validate a runbook data file")
+    runbook_sub = runbook.add_subparsers(dest="runbook_command", metavar="ACTION", required=True)
+    runbook_validate = runbook_sub.add_parser(
+        "validate", help="check a runbook file (default: the shipped one); exit 0 valid, 2 invalid"
+    )
+    runbook_validate.add_argument("path", nargs="?", help="the runbook file")
+    runbook_validate.set_defaults(func=_runbook_validate)
+
+    from console import report_cli
+
+    report_cli.add_arguments(sub)
     return parser
 
 

@@ -404,6 +404,10 @@ class CoordinationConfig(Section):
     """Local lock file (default: state dir)."""
     four_eyes_gates: list[str] = ["switch-100", "decommission-blue"]
     """Gates that need a second, different operator."""
+    deployment: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Name of what the lease covers; every console driving the same estate must use the
+    same one (default: derived from the traffic switch's target, so consoles moving the
+    same load balancer share one lease)."""
 
 
 class CommandSpec(Section):

@@ -55,9 +55,12 @@ _SAMPLES: dict[str, Any] = {
     "spool_path": "~/.local/state/acgs-console/audit-spool.jsonl",
     "redis_url": "redis://10.0.1.20:6379/1",
     "lock_file": "~/.local/state/acgs-console/lease.lock",
+    "deployment": "acgs-production",
     "runbook": "/etc/acgs-console/runbook.toml",
     "operator": "jane@bastion-1",
     "keymap": {"rollback": "f9", "help": "question_mark"},
+    "report_dir": "~/.local/state/acgs-console/incidents",
+    "deployment": "acgs-production",
     "extra_selector": 'job="acgs"',
     "real_engines": ["haproxy", "prometheus", "redis", "postgresql"],
     "vulnerability_report": "/var/lib/acgs/security/trivy.json",
@@ -82,6 +85,20 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML form for {value!r}")
+
+
+def _placeholder(info: FieldInfo) -> Any:
+    """A neutral sample for an optional field nobody gave a sample for."""
+    text = str(info.annotation)
+    if "dict" in text:
+        return {}
+    if "list" in text:
+        return []
+    if "float" in text or "int" in text:
+        return 0
+    if "bool" in text:
+        return False
+    return "..."
 
 
 def _comment(info: FieldInfo) -> list[str]:
@@ -113,7 +130,7 @@ def _section(
         elif not info.is_required() and info.default not in (None, "", [], {}):
             value = info.default
         else:
-            value = _SAMPLES.get(name)
+            value = _SAMPLES.get(name, _placeholder(info))
         optional_blank = not info.is_required() and info.default in (None, "", [], {})
         for c in _comment(info):
             lines.append(f"{prefix}{c}")

@@ -1,0 +1,254 @@
+"""Check predicates over fixed Snapshots: pass, fail, and unknown (which never passes)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+from runbook_fixtures import T0, alert, env_snapshot, snapshot
+
+from backends.models import (
+    AlertPhase,
+    AlertSeverity,
+    ComplianceCheck,
+    ComplianceResult,
+    HashVerdict,
+    MetricValue,
+    ProbeState,
+    RedisStatus,
+    ReplicationStatus,
+    ServiceState,
+    Snapshot,
+)
+from console.config import Thresholds
+from console.runbook.predicates import (
+    EvaluationContext,
+    FiredAlert,
+    Predicate,
+    Verdict,
+)
+
+PRED: TypeAdapter[Any] = TypeAdapter(Predicate)
+
+
+def judge(
+    table: dict[str, Any], snap: Snapshot | None, **ctx: Any
+) -> list[tuple[str | None, Verdict]]:
+    pred = PRED.validate_python(table)
+    context = EvaluationContext(
+        snapshot=snap,
+        now=ctx.pop("now", T0),
+        thresholds=ctx.pop("thresholds", Thresholds()),
+        expected_hash="cdd01ef066bc6cf2",
+        **ctx,
+    )
+    outcomes = pred.evaluate(context)
+    for o in outcomes:
+        assert o.check  # every outcome says what was checked
+        if o.verdict is not Verdict.PASS:
+            assert o.detail or o.measured, o
+    return [(o.environment, o.verdict) for o in outcomes]
+
+
+P, F, U = Verdict.PASS, Verdict.FAIL, Verdict.UNKNOWN
+
+
+def test_no_snapshot_or_stale_snapshot_is_unknown() -> None:
+    table = {"metric": "p99_latency_ms", "environment": "both", "op": "<", "value": 5}
+    assert judge(table, None) == [("blue", U), ("green", U)]
+    old = snapshot(T0 - timedelta(seconds=6))
+    assert judge(table, old) == [("blue", U), ("green", U)]
+    assert judge(table, snapshot(T0 - timedelta(seconds=4))) == [("blue", P), ("green", P)]
+
+
+def test_metric_against_value_and_config_threshold() -> None:
+    slow = snapshot(T0, green=env_snapshot("green", metric_values={"p99_latency_ms": 6.1}))
+    table = {
+        "metric": "p99_latency_ms",
+        "environment": "green",
+        "op": "<",
+        "threshold": "p99_latency_ms_critical",
+    }
+    assert judge(table, slow) == [("green", F)]
+    # The site's config decides the number.
+    assert judge(table, slow, thresholds=Thresholds(p99_latency_ms_critical=7.0)) == [("green", P)]
+    for bad in (
+        None,
+        MetricValue(name="p99_latency_ms", value=float("nan")),
+        MetricValue(name="p99_latency_ms", value=3.0, stale=True),
+    ):
+        snap = snapshot(T0, green=env_snapshot("green", metric_values={"p99_latency_ms": bad}))
+        assert judge(table, snap) == [("green", U)]
+
+
+def test_metric_table_validation() -> None:
+    with pytest.raises(ValidationError, match="exactly one of 'value'"):
+        PRED.validate_python(
+            {"metric": "error_rate", "op": "<", "value": 1, "threshold": "rps_critical"}
+        )
+    with pytest.raises(ValidationError, match="unknown threshold"):
+        PRED.validate_python({"metric": "error_rate", "op": "<", "threshold": "nope"})
+    with pytest.raises(ValidationError, match="exactly one of: metric"):
+        PRED.validate_python({"environment": "green"})
+
+
+def test_services_up_down_unknown_and_count() -> None:
+    table = {"all_services": "up", "environment": "both", "min_count": 9}
+    assert judge(table, snapshot(T0)) == [("blue", P), ("green", P)]
+    down = snapshot(T0, green=env_snapshot("green", state=ServiceState.DOWN))
+    assert judge(table, down) == [("blue", P), ("green", F)]
+    unknown = snapshot(T0, blue=env_snapshot("blue", state=ServiceState.UNKNOWN))
+    assert judge(table, unknown) == [("blue", U), ("green", P)]
+    few = snapshot(T0, green=env_snapshot("green", services=("a", "b")))
+    assert judge(table, few) == [("blue", P), ("green", F)]
+    none = snapshot(T0, green=env_snapshot("green", services=()))
+    assert judge(table, none) == [("blue", P), ("green", U)]
+    shut = {"all_services": "down", "environment": "blue"}
+    assert judge(shut, snapshot(T0)) == [("blue", F)]
+    assert judge(shut, snapshot(T0, blue=env_snapshot("blue", state=ServiceState.DOWN))) == [
+        ("blue", P)
+    ]
+
+
+def test_hash_verdicts() -> None:
+    table = {"hash": "ok", "environment": "green", "min_count": 9}
+    assert judge(table, snapshot(T0)) == [("green", P)]
+    for verdict, expected in (
+        (HashVerdict.MISMATCH, F),
+        (HashVerdict.MISSING, F),
+        (HashVerdict.UNKNOWN, U),
+    ):
+        snap = snapshot(T0, green=env_snapshot("green", hash_verdict=verdict))
+        assert judge(table, snap) == [("green", expected)]
+    other = snapshot(T0, constitutional_hash="0123456789abcdef")
+    assert judge(table, other) == [("green", F)]
+
+
+def test_compliance_score() -> None:
+    table = {"compliance_score": 100, "environment": "green"}
+    assert judge(table, snapshot(T0)) == [("green", P)]
+    half = ComplianceResult(
+        checks=(ComplianceCheck(name="a", passed=True), ComplianceCheck(name="b", passed=None))
+    )
+    assert judge(table, snapshot(T0, green=env_snapshot("green", compliance=half))) == [
+        ("green", F)
+    ]
+    empty = ComplianceResult()
+    assert judge(table, snapshot(T0, green=env_snapshot("green", compliance=empty))) == [
+        ("green", U)
+    ]
+
+
+def test_replication_database_and_redis() -> None:
+    repl = {"replication": "synchronized", "environment": "both"}
+    assert judge(repl, snapshot(T0)) == [("blue", P), ("green", P)]
+    not_configured = ReplicationStatus(state=ProbeState.NOT_CONFIGURED, reason="no [postgres]")
+    snap = snapshot(T0, blue=env_snapshot("blue", replication=not_configured))
+    assert judge(repl, snap) == [("blue", U), ("green", P)]
+    lagging = ReplicationStatus(
+        state=ProbeState.OK, primary_reachable=True, synchronized=False, reason="lag 20 MB"
+    )
+    assert judge(repl, snapshot(T0, green=env_snapshot("green", replication=lagging)))[1] == (
+        "green",
+        F,
+    )
+    undetermined = ReplicationStatus(state=ProbeState.OK, primary_reachable=True, synchronized=None)
+    assert judge(repl, snapshot(T0, green=env_snapshot("green", replication=undetermined)))[1] == (
+        "green",
+        U,
+    )
+
+    db = {"database": "reachable", "environment": "green"}
+    assert judge(db, snapshot(T0)) == [("green", P)]
+    refused = ReplicationStatus(
+        state=ProbeState.REFUSED, primary_reachable=False, reason="connection refused"
+    )
+    assert judge(db, snapshot(T0, green=env_snapshot("green", replication=refused))) == [
+        ("green", F)
+    ]
+    assert judge(db, snapshot(T0, green=env_snapshot("green", replication=not_configured))) == [
+        ("green", U)
+    ]
+
+    redis = {"redis": "operational", "environment": "green"}
+    assert judge(redis, snapshot(T0)) == [("green", P)]
+    cluster_down = RedisStatus(state=ProbeState.OK, cluster_enabled=True, cluster_state="fail")
+    assert judge(redis, snapshot(T0, green=env_snapshot("green", redis=cluster_down))) == [
+        ("green", F)
+    ]
+    auth = RedisStatus(state=ProbeState.AUTH_FAILED, reason="WRONGPASS")
+    assert judge(redis, snapshot(T0, green=env_snapshot("green", redis=auth))) == [("green", F)]
+    missing = RedisStatus(state=ProbeState.NOT_CONFIGURED)
+    assert judge(redis, snapshot(T0, green=env_snapshot("green", redis=missing))) == [("green", U)]
+
+
+def test_traffic_read_back() -> None:
+    table = {"traffic_green": "==", "value": 10}
+    assert judge(table, snapshot(T0, green_percentage=10.15625)) == [(None, P)]
+    assert judge(table, snapshot(T0, green_percentage=50.0)) == [(None, F)]
+    assert judge(table, snapshot(T0, green_percentage=None)) == [(None, U)]
+
+
+def test_alerts_now_and_during_the_phase() -> None:
+    table = {"no_alerts_firing": True, "severity": "critical"}
+    assert judge(table, snapshot(T0)) == [(None, P)]
+    firing = (alert(phase=AlertPhase.FIRING),)
+    assert judge(table, snapshot(T0, alerts=firing)) == [(None, F)]
+    warning = (alert(severity=AlertSeverity.WARNING, phase=AlertPhase.FIRING),)
+    assert judge(table, snapshot(T0, alerts=warning)) == [(None, P)]
+    assert judge({"no_alerts_firing": True}, snapshot(T0, alerts=warning)) == [(None, F)]
+    assert judge(table, snapshot(T0, alerts=())) == [(None, U)]
+    assert judge(table, snapshot(T0, alerts=(alert(unknown=True),))) == [(None, U)]
+    blue_only = {"no_alerts_firing": True, "environment": "blue"}
+    assert judge(blue_only, snapshot(T0, alerts=firing)) == [(None, P)]
+
+    earlier = FiredAlert(
+        rule_id="x",
+        name="Throughput",
+        severity="critical",
+        environment="green",
+        phase_id="phase-2",
+        first_seen=T0 - timedelta(seconds=60),
+    )
+    during = {"no_alerts_firing": True, "during": "phase"}
+    assert judge(during, snapshot(T0), fired=(earlier,), phase_id="phase-2") == [(None, F)]
+    assert judge(during, snapshot(T0), fired=(earlier,), phase_id="phase-3") == [(None, P)]
+    whole = {"no_alerts_firing": True, "during": "procedure"}
+    assert judge(whole, snapshot(T0), fired=(earlier,), phase_id="phase-3") == [(None, F)]
+
+
+def test_monitoring_reporting() -> None:
+    table = {"monitoring": "reporting", "environment": "both"}
+    assert judge(table, snapshot(T0)) == [("blue", P), ("green", P)]
+    gap = snapshot(T0, green=env_snapshot("green", metric_values={"cache_hit_rate": None}))
+    assert judge(table, gap) == [("blue", P), ("green", F)]
+    assert judge(table, snapshot(T0, alerts=())) == [("blue", F), ("green", F)]
+
+
+def test_step_passed() -> None:
+    table = {"step_passed": "smoke"}
+    assert judge(table, None, step_states={"smoke": "passed"}) == [(None, P)]
+    assert judge(table, None, step_states={"smoke": "failed"}) == [(None, F)]
+    assert judge(table, None, step_states={"smoke": "attested"}) == [(None, U)]
+    assert judge(table, None, step_states={"smoke": "pending"}) == [(None, U)]
+    lenient = {"step_passed": "smoke", "accept_attested": True}
+    assert judge(lenient, None, step_states={"smoke": "attested"}) == [(None, P)]
+
+
+def test_no_increase_against_the_baseline() -> None:
+    table = {
+        "no_increase": "error_rate",
+        "environment": "green",
+        "baseline": "blue",
+        "tolerance": 0.001,
+    }
+    base = snapshot(T0, blue=env_snapshot("blue", metric_values={"error_rate": 0.002}))
+    same = snapshot(T0, green=env_snapshot("green", metric_values={"error_rate": 0.0025}))
+    worse = snapshot(T0, green=env_snapshot("green", metric_values={"error_rate": 0.02}))
+    assert judge(table, same, baseline=base) == [("green", P)]
+    assert judge(table, worse, baseline=base) == [("green", F)]
+    assert judge(table, same) == [("green", U)]
+    blind = snapshot(T0, blue=env_snapshot("blue", metric_values={"error_rate": None}))
+    assert judge(table, same, baseline=blind) == [("green", U)]
