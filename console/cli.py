@@ -142,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     runbook_validate.add_argument("path", nargs="?", help="the runbook file")
     runbook_validate.set_defaults(func=_runbook_validate)
 
-    from console import report_cli
+    from console import report_cli, rollback_cli
 
     report_cli.add_arguments(sub)
+    rollback_cli.add_arguments(sub)
     return parser
 
 
