@@ -142,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     runbook_validate.add_argument("path", nargs="?", help="the runbook file")
     runbook_validate.set_defaults(func=_runbook_validate)
 
+    from console.check import add_arguments as add_check
+    from console.rules import add_rules_export_arguments
+
+    add_check(sub.add_parser("check", help="one sweep; exit 0 all good, 1 findings, 2 cannot observe"))
+    rules = sub.add_parser("rules", help="the runbook's alert rules")
+    rules_sub = rules.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    add_rules_export_arguments(
+        rules_sub.add_parser("export", help="write them as Prometheus alerting rules YAML")
+    )
+
     from console import report_cli, rollback_cli
 
     report_cli.add_arguments(sub)

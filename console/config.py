@@ -215,6 +215,8 @@ class PrometheusConfig(Section):
     """Rate window for the queries."""
     timeout_s: float = Field(2.0, gt=0)
     """Query timeout in seconds."""
+    max_sample_age_s: float = Field(30.0, gt=0)
+    """A sample older than this shows as stale; keep it at least twice the scrape interval."""
     queries: PrometheusQueries = PrometheusQueries()
     """The PromQL templates."""
 

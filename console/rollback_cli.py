@@ -54,7 +54,7 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "rollback",
         help="emergency rollback: all traffic to blue, verified and recorded",
-        description="Run the runbook's emergency rollback: switch 100%% of traffic to blue, "
+        description="Run the runbook's emergency rollback: switch 100% of traffic to blue, "
         "verify the load balancer's read-back, blue's health, that requests reach blue, and "
         "the constitutional hash; write the incident record and report.",
         epilog=EXIT_CODES_HELP,
