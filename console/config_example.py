@@ -55,7 +55,6 @@ _SAMPLES: dict[str, Any] = {
     "spool_path": "~/.local/state/acgs-console/audit-spool.jsonl",
     "redis_url": "redis://10.0.1.20:6379/1",
     "lock_file": "~/.local/state/acgs-console/lease.lock",
-    "deployment": "acgs-production",
     "runbook": "/etc/acgs-console/runbook.toml",
     "operator": "jane@bastion-1",
     "keymap": {"rollback": "f9", "help": "question_mark"},
