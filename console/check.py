@@ -438,10 +438,17 @@ async def take_snapshot(
             :data:`DIRECT_SCRAPE_SETTLE_S` for a direct scrape and 0 (no priming) for Prometheus.
     """
     from console.monitor import Monitor
+    from console.rule_inputs import ConfiguredRuleInputs
 
     if settle_s is None:
         settle_s = 0.0 if config.prometheus.url else DIRECT_SCRAPE_SETTLE_S
-    async with Monitor(config, inputs=inputs) as monitor:
+    provider: RuleInputs | ConfiguredRuleInputs
+    if inputs is None:
+        provider = ConfiguredRuleInputs(config)
+        await provider.prime()
+    else:
+        provider = inputs
+    async with Monitor(config, inputs=provider) as monitor:
         if settle_s > 0:
             await monitor.sweep()
             await asyncio.sleep(settle_s)

@@ -467,6 +467,16 @@ class SandboxEstate:
             coordination["lock_file"] = str(self.workdir / "console.lock")
         doc["coordination"] = coordination
 
+        security = tomlkit.table()
+        security.add(
+            tomlkit.comment(
+                "The sandbox's stand-ins for the site's scanner output (see security.py)."
+            )
+        )
+        for key, path in write_security_outputs(self.workdir / "security").items():
+            security[key] = str(path)
+        doc["security"] = security
+
         sandbox = tomlkit.table()
         sandbox["control_url"] = fleet.control_url
         sandbox["real_engines"] = real
@@ -496,6 +506,58 @@ class SandboxEstate:
             tmp.unlink(missing_ok=True)
             raise SandboxError(f"the sandbox wrote a config the console rejects:\n{exc}") from exc
         tmp.replace(path)
+
+
+def write_security_outputs(folder: Path) -> dict[str, Path]:
+    """Write what a site's security tools would leave for a release, for the sandbox.
+
+    The SBOM is real: a CycloneDX document of the Python distributions installed
+    beside the console. The vulnerability report is a Trivy-format report with
+    no findings (no scanner runs here) and the score file says 98/100, the
+    runbook's target; edit them to rehearse a failing security gate.
+
+    Args:
+        folder: Where to write them.
+
+    Returns:
+        The config keys of the ``[security]`` section and their files.
+    """
+    import importlib.metadata
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    components = sorted(
+        {
+            (d.metadata["Name"], d.version)
+            for d in importlib.metadata.distributions()
+            if d.metadata["Name"]
+        }
+    )
+    sbom = {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": {"component": {"type": "application", "name": "acgs-sandbox"}},
+        "components": [
+            {"type": "library", "name": n, "version": v, "purl": f"pkg:pypi/{n.lower()}@{v}"}
+            for n, v in components
+        ],
+    }
+    trivy = {
+        "SchemaVersion": 2,
+        "ArtifactName": "acgs-sandbox",
+        "ArtifactType": "filesystem",
+        "Results": [{"Target": "acgs-sandbox", "Class": "lang-pkgs", "Vulnerabilities": []}],
+    }
+    out = {
+        "vulnerability_report": folder / "trivy.json",
+        "sbom": folder / "sbom.cdx.json",
+        "security_score_file": folder / "security-score.json",
+    }
+    out["vulnerability_report"].write_text(json.dumps(trivy, indent=2), encoding="utf-8")
+    out["sbom"].write_text(json.dumps(sbom, indent=2), encoding="utf-8")
+    out["security_score_file"].write_text(json.dumps({"score": 98.0}), encoding="utf-8")
+    return out
 
 
 def check_config_target(path: Path, force: bool = False) -> None:
