@@ -1,0 +1,1 @@
+"""The console's Textual themes and shared stylesheet (:mod:`themes.themes`, ``console.tcss``)."""

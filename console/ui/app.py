@@ -1,0 +1,542 @@
+"""The console's Textual App: polling, themes, keys, and the entry point for the CLI.
+
+The App owns *when* things happen; the screens own *what* is shown.
+
+Polling
+    A worker awaits one sweep of the snapshot source, run on a private event
+    loop (:class:`~console.ui.polling.SweepLoop`), and posts the result as a
+    message; the main thread renders it and only then arms the next poll with
+    ``set_timer``. Polls never overlap and never pile up; a failing source
+    backs off. While a modal (help, palette) covers the dashboard, results
+    are kept but not rendered; the newest is drawn when the dashboard returns.
+    A one-second tick re-renders ages, timers and staleness between sweeps, so
+    a hung probe turns the screen stale instead of freezing it.
+
+Start-up
+    The snapshot source (the monitor, with httpx, redis, psycopg and
+    prometheus-api-client behind it) is built by ``source_factory`` on the
+    sweep thread after the first frame is on screen, so the first frame does
+    not wait for those imports.
+
+Themes
+    ``acgs-dark`` (default), ``acgs-light``, ``acgs-high-contrast``. Chosen by
+    ``$TEXTUAL_THEME`` (this run), else the operator's last pick (persisted in
+    the user state directory, see :mod:`console.ui.ui_state`), else the
+    config's ``ui.theme``. A bad name falls back to ``acgs-dark`` with a
+    notification.
+
+Keys
+    Every binding has an id and a tooltip; ``ui.keymap`` remaps by id
+    (``App.set_keymap``). ``rollback`` (F9) is app-level so it works on every
+    screen; a read-only console cannot reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.theme import Theme
+
+from backends.models import Snapshot, utcnow
+from console.ui.commands import ConsoleCommands
+from console.ui.identity import operator_identity
+from console.ui.polling import SnapshotSource, SweepCompleted, SweepFailed, SweepLoop
+from console.ui.screens.dashboard import DashboardScreen, DashboardState
+from console.ui.screens.help import HelpScreen, key_help
+from themes.themes import CSS_PATH, DEFAULT_THEME, THEME_NAMES, THEMES, VARIABLE_DEFAULTS
+
+if TYPE_CHECKING:
+    from console.config import AppConfig
+
+SourceFactory = Callable[["AppConfig"], SnapshotSource]
+"""Builds the snapshot source from the config (called on the sweep thread)."""
+
+MAX_BACKOFF_S = 30.0
+"""Longest wait between retries of a failing source."""
+
+SPARKLINE_SPAN_S = 300.0
+"""What a sparkline covers: the last five minutes (a column per 10 s at 1 s refresh)."""
+
+
+@dataclass(frozen=True)
+class ConsoleCommand:
+    """One command palette entry."""
+
+    title: str
+    help: str
+    callback: Callable[[], object]
+
+
+class ConsoleApp(App[int]):
+    """The acgs-console TUI."""
+
+    TITLE = "acgs-console"
+    CSS_PATH = CSS_PATH
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "f9",
+            "rollback",
+            "Rollback",
+            id="rollback",
+            tooltip="Emergency rollback: move all traffic back to blue",
+            priority=True,
+        ),
+        Binding("question_mark", "help", "Keys", id="help", tooltip="List every key"),
+        Binding(
+            "ctrl+p",
+            "command_palette",
+            "Palette",
+            id="palette",
+            tooltip="Open the command palette (console actions, themes)",
+            priority=True,
+        ),
+        Binding(
+            "t",
+            "cycle_theme",
+            "Theme",
+            id="theme",
+            tooltip="Switch to the next console theme (the choice is remembered)",
+        ),
+        Binding(
+            "r",
+            "refresh",
+            "Sweep now",
+            id="refresh",
+            tooltip="Sweep now instead of waiting for the next poll",
+        ),
+        Binding(
+            "q", "quit", "Quit", id="quit", tooltip="Quit the console (the estate is untouched)"
+        ),
+        Binding(
+            "ctrl+q",
+            "quit",
+            "Quit",
+            id="quit-now",
+            show=False,
+            priority=True,
+            tooltip="Quit the console from any screen",
+        ),
+    ]
+
+    def __init__(
+        self,
+        config: AppConfig,
+        source: SnapshotSource | None = None,
+        *,
+        source_factory: SourceFactory | None = None,
+        config_path: Path | None = None,
+        read_only: bool = False,
+        clock: Callable[[], datetime] = utcnow,
+        operator: str | None = None,
+        state_dir: Path | None = None,
+        poll_interval_s: float | None = None,
+        sparkline_samples: int | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        """Create the console.
+
+        Args:
+            config: The console configuration.
+            source: The snapshot source (tests pass a fake). Give this or ``source_factory``.
+            source_factory: Builds the source from ``config`` after the first frame.
+            config_path: The file the configuration came from (shown in the help).
+            read_only: An observer console: rollback is unreachable.
+            clock: "Now" (tests freeze it so snapshots are deterministic).
+            operator: Who is at the keyboard (default: from config, SSH and the host).
+            state_dir: Where the theme choice persists (default: the user state dir).
+            poll_interval_s: Seconds between sweeps (default: ``config.refresh_interval_s``).
+            sparkline_samples: Sweeps a sparkline spans (default: five minutes of sweeps).
+            environ: The environment (default: ``os.environ``), for ``TEXTUAL_THEME``.
+        """
+        super().__init__()
+        if source is None and source_factory is None:
+            raise ValueError("ConsoleApp needs a snapshot source or a source_factory")
+        self.config = config
+        self.config_path = config_path
+        self.read_only = read_only
+        self.clock = clock
+        self.operator = operator_identity(operator or config.operator)
+        self.interval_s = config.refresh_interval_s if poll_interval_s is None else poll_interval_s
+        self._source = source
+        self._source_factory = source_factory
+        self._sparkline_samples = sparkline_samples
+        self._state_dir = state_dir
+        self._environ = dict(os.environ if environ is None else environ)
+        self._sweeps: SweepLoop | None = None
+        self._in_flight = False
+        self._poll_timer: object | None = None
+        self._failures = 0
+        self._error: str | None = None
+        self._render_pending = False
+        self._last_render = 0.0
+        self._deployment: tuple[str | None, str | None] = (None, None)
+        self._latest: Snapshot | None = None
+        self._startup_notes: list[str] = []
+        self.sweeps_completed = 0
+        """Sweeps that returned a snapshot (for tests and the status line)."""
+        self.rendered_sequence: int | None = None
+        """``Snapshot.sequence`` of the snapshot last drawn."""
+
+        for theme in THEMES:
+            self.register_theme(theme)
+        self.theme = self._initial_theme()
+        self._theme_ready = False
+        self._apply_keymap()
+
+    # -- themes and keys -------------------------------------------------------------------
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        """Values of the console's own variables for themes that lack them."""
+        return dict(VARIABLE_DEFAULTS)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the UI state persists."""
+        if self._state_dir is None:
+            from console.ui.ui_state import default_state_dir
+
+            self._state_dir = default_state_dir()
+        return self._state_dir
+
+    def _initial_theme(self) -> str:
+        from console.ui.ui_state import load_theme
+
+        configured = self.config.ui.theme
+        candidates: list[tuple[str, str]] = []
+        env_theme = self._environ.get("TEXTUAL_THEME", "").strip()
+        if env_theme:
+            candidates.append((env_theme, "$TEXTUAL_THEME"))
+        saved = load_theme(self.state_dir, configured)
+        if saved:
+            candidates.append((saved, "the saved theme choice"))
+        candidates.append((configured, "ui.theme in the config"))
+        for name, where in candidates:
+            if name in self.available_themes:
+                return name
+            self._startup_notes.append(
+                f"Theme {name!r} from {where} is not known; "
+                f"use one of {', '.join(THEME_NAMES)} (or any Textual theme)."
+            )
+        return DEFAULT_THEME
+
+    def _apply_keymap(self) -> None:
+        keymap = dict(self.config.ui.keymap)
+        known = {b.id for b in self._binding_catalogue() if b.id}
+        unknown = sorted(k for k in keymap if k not in known)
+        for key in unknown:
+            del keymap[key]
+        if unknown:
+            self._startup_notes.append(
+                f"ui.keymap names unknown binding ids {', '.join(unknown)}; "
+                f"known ids: {', '.join(sorted(known))}."
+            )
+        if keymap:
+            self.set_keymap(keymap)
+
+    def _binding_catalogue(self) -> list[Binding]:
+        bindings: list[Binding] = []
+        for source in (ConsoleApp.BINDINGS, DashboardScreen.BINDINGS, HelpScreen.BINDINGS):
+            bindings.extend(b for b in source if isinstance(b, Binding))
+        return bindings
+
+    def _on_theme_changed(self, theme: Theme) -> None:
+        dashboard = self._dashboard_or_none()
+        if dashboard is not None:
+            dashboard.restyle()
+        if not self._theme_ready:
+            return
+        from console.ui.ui_state import save_theme
+
+        try:
+            save_theme(self.state_dir, theme.name, self.config.ui.theme)
+        except OSError as exc:
+            self.notify(
+                f"Could not remember the theme in {self.state_dir}: {exc.strerror or exc}",
+                title="theme",
+                severity="warning",
+            )
+
+    def action_cycle_theme(self) -> None:
+        """Switch to the next console theme."""
+        names = list(THEME_NAMES)
+        index = names.index(self.theme) + 1 if self.theme in names else 0
+        self.theme = names[index % len(names)]
+        self.notify(f"theme: {self.theme}", timeout=2)
+
+    # -- screens ---------------------------------------------------------------------------
+
+    async def on_mount(self) -> None:
+        """Show the dashboard, then start the source after the first frame."""
+        history = self._sparkline_samples or max(
+            2, min(600, round(SPARKLINE_SPAN_S / self.config.refresh_interval_s))
+        )
+        dashboard = DashboardScreen(self.config, history=history)
+        await self.push_screen(dashboard)
+        self._dashboard = dashboard
+        self.theme_changed_signal.subscribe(self, self._on_theme_changed)
+        self._theme_ready = True
+        for note in self._startup_notes:
+            self.notify(note, title="configuration", severity="warning", timeout=10)
+        self.render_dashboard()
+        self.set_interval(1.0, self._tick, name="dashboard-tick")
+        self.call_after_refresh(self._start)
+
+    def _dashboard_or_none(self) -> DashboardScreen | None:
+        return getattr(self, "_dashboard", None)
+
+    @property
+    def dashboard(self) -> DashboardScreen:
+        """The dashboard screen."""
+        return self._dashboard
+
+    def action_help(self) -> None:
+        """Show every key."""
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(key_help(self.screen)))
+
+    def action_rollback(self) -> None:
+        """Emergency rollback (wired by the rollback work; a placeholder until then)."""
+        self.notify("rollback: not wired yet", title="rollback", severity="warning")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A read-only console cannot reach rollback at all."""
+        return not (action == "rollback" and self.read_only)
+
+    def console_commands(self) -> list[ConsoleCommand]:
+        """The command palette's console commands, as allowed right now."""
+        commands = [
+            ConsoleCommand("Sweep now", "Poll the estate now", self.action_refresh),
+            ConsoleCommand("Keys", "List every key and its binding id", self.action_help),
+            ConsoleCommand(
+                "Jump to blue",
+                "Scroll to the blue environment's panel",
+                lambda: self._dashboard.action_jump("blue"),
+            ),
+            ConsoleCommand(
+                "Jump to green",
+                "Scroll to the green environment's panel",
+                lambda: self._dashboard.action_jump("green"),
+            ),
+        ]
+        for name in THEME_NAMES:
+            commands.append(
+                ConsoleCommand(
+                    f"Theme: {name}",
+                    "Switch theme (remembered for next time)",
+                    lambda name=name: setattr(self, "theme", name),  # type: ignore[misc]
+                )
+            )
+        if not self.read_only:
+            commands.insert(
+                0,
+                ConsoleCommand(
+                    "Rollback to blue",
+                    "Emergency rollback: move all traffic back to blue (F9)",
+                    self.action_rollback,
+                ),
+            )
+        return commands
+
+    # -- deployment shown in the header ------------------------------------------------------
+
+    def set_deployment(self, deployment_id: str | None, phase: str | None = None) -> None:
+        """Show the current deployment and phase in the header (None: "no deployment").
+
+        The runbook engine calls this when a deployment starts, moves phase or ends.
+        """
+        self._deployment = (deployment_id, phase)
+        self.render_dashboard()
+
+    # -- polling ---------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._sweeps = SweepLoop()
+        if self._source is None:
+            self.run_worker(self._create_source(), group="source", exit_on_error=False)
+        else:
+            self._poll_now()
+
+    async def _create_source(self) -> None:
+        assert self._sweeps is not None and self._source_factory is not None
+        factory, config = self._source_factory, self.config
+        try:
+            self._source = await asyncio.wrap_future(self._sweeps.call(lambda: factory(config)))
+        except Exception as exc:
+            self._error = f"cannot start the monitor: {type(exc).__name__}: {exc}"
+            self.render_dashboard()
+            return
+        self._poll_now()
+
+    @property
+    def sweep_timeout_s(self) -> float:
+        """A sweep taking longer than this is abandoned (each probe has its own, shorter one)."""
+        return max(10.0, 3 * self.interval_s)
+
+    def _poll_now(self) -> None:
+        """Start a sweep unless one is running (then this request is dropped)."""
+        if self._in_flight or self._source is None or self._sweeps is None:
+            return
+        self._cancel_timer()
+        self._in_flight = True
+        self.run_worker(self._sweep(), group="sweep", exit_on_error=False, name="sweep")
+
+    async def _sweep(self) -> None:
+        assert self._sweeps is not None and self._source is not None
+        started = time.monotonic()
+        try:
+            snapshot = await self._sweeps.run(self._source.sweep(), timeout=self.sweep_timeout_s)
+        except TimeoutError:
+            self.post_message(
+                SweepFailed(
+                    f"no answer within {self.sweep_timeout_s:.0f} s", time.monotonic() - started
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.post_message(
+                SweepFailed(f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+            )
+        else:
+            self.post_message(SweepCompleted(snapshot, time.monotonic() - started))
+
+    def _cancel_timer(self) -> None:
+        timer = self._poll_timer
+        self._poll_timer = None
+        if timer is not None:
+            timer.stop()  # type: ignore[attr-defined]
+
+    def _arm(self, delay: float) -> None:
+        self._cancel_timer()
+        if delay < 0.001:
+            # Textual timers cannot run at zero interval; a late sweep goes next in line.
+            self.call_later(self._poll_now)
+            return
+        self._poll_timer = self.set_timer(delay, self._poll_now, name="next-sweep")
+
+    @on(SweepCompleted)
+    def _sweep_completed(self, message: SweepCompleted) -> None:
+        self._in_flight = False
+        self._failures = 0
+        self._error = None
+        self.sweeps_completed += 1
+        self._accept(message.snapshot)
+        self.render_dashboard()
+        # Keep the cadence when sweeps are fast; never start the next before this one ended.
+        self._arm(self.interval_s - message.duration_s)
+
+    @on(SweepFailed)
+    def _sweep_failed(self, message: SweepFailed) -> None:
+        self._in_flight = False
+        self._failures += 1
+        self._error = message.error
+        self.render_dashboard()
+        self._arm(min(MAX_BACKOFF_S, max(self.interval_s, 0.2) * 2 ** min(self._failures, 8)))
+
+    def _accept(self, snapshot: Snapshot) -> None:
+        current = self._latest
+        if current is None or snapshot.taken_at >= current.taken_at:
+            self._latest = snapshot
+
+    def action_refresh(self) -> None:
+        """Sweep now (ignored while a sweep runs)."""
+        self._poll_now()
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def render_dashboard(self) -> None:
+        """Draw the newest snapshot, unless something covers the dashboard."""
+        dashboard = self._dashboard_or_none()
+        if dashboard is None:
+            return
+        if self.screen is not dashboard:
+            self._render_pending = True
+            return
+        self._render_pending = False
+        self._last_render = time.monotonic()
+        state = DashboardState(
+            now=self.clock(),
+            operator=self.operator,
+            deployment_id=self._deployment[0],
+            phase=self._deployment[1],
+            error=self._error,
+        )
+        with self.batch_update():
+            dashboard.show(self._latest, state)
+        if self._latest is not None:
+            self.rendered_sequence = self._latest.sequence
+
+    def _tick(self) -> None:
+        # Between sweeps (or while one hangs) ages, timers and staleness still move.
+        if time.monotonic() - self._last_render >= 0.9:
+            self.render_dashboard()
+
+    @on(DashboardScreen.Uncovered)
+    def _dashboard_uncovered(self) -> None:
+        # Draw what arrived while a modal covered the dashboard.
+        if self._render_pending:
+            self.render_dashboard()
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def on_unmount(self) -> None:
+        """Cancel the sweep, close the source, stop the sweep thread."""
+        self._cancel_timer()
+        self.workers.cancel_group(self, "sweep")
+        sweeps, source = self._sweeps, self._source
+        if sweeps is None:
+            return
+        if source is not None:
+            try:
+                await sweeps.run(source.close(), timeout=3.0)
+            except Exception:
+                self.log.warning("closing the snapshot source failed")
+        sweeps.stop()
+
+
+def _default_source_factory(config: AppConfig) -> SnapshotSource:
+    from console.monitor import Monitor
+
+    return Monitor(config)
+
+
+def run_tui(
+    config: AppConfig,
+    config_path: Path | None = None,
+    *,
+    read_only: bool = False,
+    source_factory: SourceFactory | None = None,
+) -> int:
+    """Run the dashboard until the operator quits; the CLI's entry point.
+
+    Args:
+        config: The loaded configuration.
+        config_path: The file it came from (None: environment only).
+        read_only: An observer console that can never drive (no rollback).
+        source_factory: Builds the snapshot source (default: :class:`console.monitor.Monitor`).
+
+    Returns:
+        The process exit code (0 after a normal quit).
+    """
+    app = ConsoleApp(
+        config,
+        source_factory=source_factory or _default_source_factory,
+        config_path=config_path,
+        read_only=read_only,
+    )
+    app.run()
+    return app.return_code or 0

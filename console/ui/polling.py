@@ -1,0 +1,152 @@
+"""Where sweeps run: the snapshot-source contract, its own event loop, and the result messages.
+
+The App never runs a sweep on its own event loop. Sweeps run on a private
+asyncio loop in a daemon thread (:class:`SweepLoop`), so a probe that blocks
+(a stuck DNS lookup, a sync client without a timeout) can delay the data but
+never the keyboard or the screen. The App awaits the result and receives it
+as a :class:`SweepCompleted` (or :class:`SweepFailed`) message; a newer
+result replaces an older one still queued (``Message.can_replace``), so a
+slow terminal never works through stale frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from textual.message import Message
+
+from backends.models import Snapshot
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """What the dashboard reads: one immutable :class:`Snapshot` per sweep.
+
+    The real one is :class:`console.monitor.Monitor`; tests pass a fake that
+    returns fixed snapshots. ``sweep`` must not raise for an observation
+    failure (that is a state inside the snapshot); if it raises anyway, the
+    dashboard shows the error and backs off.
+    """
+
+    async def sweep(self) -> Snapshot:
+        """Observe the whole estate once."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class SweepLoop:
+    """A private asyncio event loop in a daemon thread, for the snapshot source."""
+
+    def __init__(self, name: str = "acgs-sweeps") -> None:
+        """Start the loop's thread.
+
+        Args:
+            name: The thread's name (shows in py-spy and thread dumps).
+        """
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        # Let cancelled tasks finish their cleanup before the loop closes.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
+
+    @property
+    def running(self) -> bool:
+        """The loop's thread is alive."""
+        return self._thread.is_alive()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run a coroutine on the loop; returns a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call(self, func: Callable[[], T]) -> Future[T]:
+        """Run a plain callable on the loop's thread (e.g. a source factory)."""
+
+        async def _call() -> T:
+            return func()
+
+        return self.submit(_call())
+
+    async def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Await, from another loop, a coroutine run on this loop.
+
+        Args:
+            coro: The coroutine.
+            timeout: Seconds before it is cancelled (on this loop too).
+
+        Raises:
+            TimeoutError: It took longer than ``timeout``.
+        """
+        future = self.submit(coro)
+        wrapped: Awaitable[T] = asyncio.wrap_future(future)
+        try:
+            return await asyncio.wait_for(wrapped, timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            future.cancel()
+            raise
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the loop and wait (briefly) for its thread."""
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+
+class SweepCompleted(Message):
+    """A sweep finished; carries its snapshot."""
+
+    def __init__(self, snapshot: Snapshot, duration_s: float) -> None:
+        """Create the message.
+
+        Args:
+            snapshot: The sweep's result.
+            duration_s: Wall-clock seconds the sweep took, as seen by the App.
+        """
+        super().__init__()
+        self.snapshot = snapshot
+        self.duration_s = duration_s
+
+    def can_replace(self, message: Message) -> bool:
+        """Drop this (older, still queued) result when a newer one is queued behind it.
+
+        Textual asks the message about to be handled whether the next queued
+        message may take its place; a newer snapshot makes this one stale.
+        """
+        return isinstance(message, SweepCompleted)
+
+
+class SweepFailed(Message):
+    """A sweep raised or timed out (a bug or a hang in the source, not an observation)."""
+
+    def __init__(self, error: str, duration_s: float) -> None:
+        """Create the message.
+
+        Args:
+            error: What went wrong, for the operator.
+            duration_s: Wall-clock seconds until it failed.
+        """
+        super().__init__()
+        self.error = error
+        self.duration_s = duration_s
+
+    def can_replace(self, message: Message) -> bool:
+        """Drop this (older) failure when any newer sweep result is queued behind it."""
+        return isinstance(message, SweepCompleted | SweepFailed)

@@ -1,0 +1,1 @@
+"""The console's screens: the live dashboard and the key help."""
