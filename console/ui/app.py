@@ -510,8 +510,9 @@ class ConsoleApp(App[int]):
 
 def _default_source_factory(config: AppConfig) -> SnapshotSource:
     from console.monitor import Monitor
+    from console.rule_inputs import ConfiguredRuleInputs
 
-    return Monitor(config)
+    return Monitor(config, inputs=ConfiguredRuleInputs(config))
 
 
 def run_tui(
