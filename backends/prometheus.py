@@ -225,7 +225,9 @@ class PrometheusSource:
     def _query_blocking(self, query: str) -> Any:
         client = self._connect()
         return client.custom_query(
-            query, params={"timeout": f"{max(1, round(self.timeout_s * 1000))}ms"}, timeout=self.timeout_s
+            query,
+            params={"timeout": f"{max(1, round(self.timeout_s * 1000))}ms"},
+            timeout=self.timeout_s,
         )
 
     # -- async side ------------------------------------------------------------------

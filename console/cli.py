@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     from console.check import add_arguments as add_check
     from console.rules import add_rules_export_arguments
 
-    add_check(sub.add_parser("check", help="one sweep; exit 0 all good, 1 findings, 2 cannot observe"))
+    add_check(
+        sub.add_parser("check", help="one sweep; exit 0 all good, 1 findings, 2 cannot observe")
+    )
     rules = sub.add_parser("rules", help="the runbook's alert rules")
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
     add_rules_export_arguments(

@@ -165,7 +165,7 @@ def example_config() -> str:
         line = f"{name} = {_toml_value(value)}"
         lines.append(line if info.default is not None else "# " + line)
     lines.extend(_comment(top["monitor_windows"]))
-    lines.append('# monitor_windows = { monitor-10 = 30.0, monitor-50 = 30.0 }')
+    lines.append("# monitor_windows = { monitor-10 = 30.0, monitor-50 = 30.0 }")
 
     for env_index, env in enumerate(Environment):
         lines.append("")
