@@ -53,6 +53,13 @@ from console.ui.identity import operator_identity
 from console.ui.polling import SnapshotSource, SweepCompleted, SweepFailed, SweepLoop
 from console.ui.screens.dashboard import DashboardScreen, DashboardState
 from console.ui.screens.help import HelpScreen, key_help
+from console.ui.screens.rollback import (
+    RollbackConfirmScreen,
+    RollbackDriver,
+    RollbackProgress,
+    RollbackScreen,
+)
+from console.ui.screens.runbook_driver import RunbookDriver  # runbook (issue 5)
 from themes.themes import CSS_PATH, DEFAULT_THEME, THEME_NAMES, THEMES, VARIABLE_DEFAULTS
 
 if TYPE_CHECKING:
@@ -116,6 +123,13 @@ class ConsoleApp(App[int]):
             "Sweep now",
             id="refresh",
             tooltip="Sweep now instead of waiting for the next poll",
+        ),
+        Binding(  # runbook (issue 5)
+            "d",
+            "runbook",
+            "Runbook",
+            id="runbook",
+            tooltip="The guided runbook: each phase as a checklist with its gates (d again: back)",
         ),
         Binding(
             "q", "quit", "Quit", id="quit", tooltip="Quit the console (the estate is untouched)"
@@ -189,6 +203,19 @@ class ConsoleApp(App[int]):
         """Sweeps that returned a snapshot (for tests and the status line)."""
         self.rendered_sequence: int | None = None
         """``Snapshot.sequence`` of the snapshot last drawn."""
+        # -- rollback (issue 6) --
+        self.rollback = RollbackDriver(
+            self,
+            config,
+            snapshot=lambda: self._latest,
+            deployment_id=lambda: self._deployment[0],
+            operator=self.operator,
+        )
+        """The emergency rollback: key, confirmation, procedure thread, rollback screen."""
+        # -- end rollback --
+        # -- runbook (issue 5) --
+        self.runbook_driver = RunbookDriver(self)
+        """The guided runbook: deployment session, resume prompt, snapshots to the engine."""
 
         for theme in THEMES:
             self.register_theme(theme)
@@ -248,7 +275,14 @@ class ConsoleApp(App[int]):
 
     def _binding_catalogue(self) -> list[Binding]:
         bindings: list[Binding] = []
-        for source in (ConsoleApp.BINDINGS, DashboardScreen.BINDINGS, HelpScreen.BINDINGS):
+        for source in (
+            ConsoleApp.BINDINGS,
+            DashboardScreen.BINDINGS,
+            HelpScreen.BINDINGS,
+            RollbackScreen.BINDINGS,
+            RollbackConfirmScreen.BINDINGS,
+            *RunbookDriver.binding_sources(),  # runbook (issue 5)
+        ):
             bindings.extend(b for b in source if isinstance(b, Binding))
         return bindings
 
@@ -293,6 +327,12 @@ class ConsoleApp(App[int]):
         self.render_dashboard()
         self.set_interval(1.0, self._tick, name="dashboard-tick")
         self.call_after_refresh(self._start)
+        if not self.read_only:
+            # The rollback thread, warmed up now so the first press pays for nothing.
+            self.call_after_refresh(self.rollback.start)
+        # runbook (issue 5): the resume prompt after the first frame; the engine ticks each second.
+        self.call_after_refresh(self.runbook_driver.startup)
+        self.set_interval(1.0, self.runbook_driver.tick, name="runbook-tick")
 
     def _dashboard_or_none(self) -> DashboardScreen | None:
         return getattr(self, "_dashboard", None)
@@ -308,9 +348,72 @@ class ConsoleApp(App[int]):
             return
         self.push_screen(HelpScreen(key_help(self.screen)))
 
+    def action_runbook(self) -> None:
+        """Open the guided runbook, or go back from it to the dashboard (runbook, issue 5)."""
+        self.runbook_driver.toggle()
+
+    # -- rollback (issue 6) ---------------------------------------------------------------
+
     def action_rollback(self) -> None:
-        """Emergency rollback (wired by the rollback work; a placeholder until then)."""
-        self.notify("rollback: not wired yet", title="rollback", severity="warning")
+        """Emergency rollback to blue, from any screen (the key is a priority binding).
+
+        At once when blue is safe; otherwise the console says why and asks. A press
+        while a rollback is being decided or runs starts nothing: it comes to the front.
+        """
+        started = time.monotonic()  # first: the rollback's clock starts at the key press
+        if self.read_only:
+            return
+        self.rollback.press(started)
+
+    def start_rollback(
+        self, reason: str, *, trigger: str = "automatic", started: float | None = None
+    ) -> bool:
+        """Start the emergency rollback from code: the runbook screen's ``on_rollback`` hook.
+
+        The same procedure, screen and guards as the rollback key (F9):
+
+        * ``trigger="automatic"`` (a critical alert failed a monitor window): with
+          ``rollback.automatic = true`` and blue safe, it starts at once with the reason
+          ``automatic: <reason>`` and says so (a notification, the rollback screen, and
+          ``automatic`` in the incident record). Blue not safe: traffic is not moved, the
+          refusal is recorded (``rollback.refused``) and the operator is asked, with the
+          reasons. ``rollback.automatic = false``: the rollback is only offered (the
+          confirmation names ``reason``); nothing moves without the operator.
+        * any other trigger (``"runbook"``, ``"api"``): like the key, at once when blue is
+          safe, else after confirmation.
+
+        A rollback already being decided or running is not doubled: it comes to the front.
+
+        Args:
+            reason: Why (the alert, or the runbook's words); goes into the incident record.
+            trigger: ``automatic``, or another name recorded as the trigger.
+            started: ``time.monotonic()`` when the cause was seen (default: now).
+
+        Returns:
+            False in a read-only console (it never rolls back) or when a rollback is already
+            being decided or running; True when this call started one (or its question).
+        """
+        started = time.monotonic() if started is None else started
+        if self.read_only:
+            self.notify(
+                f"Rollback requested ({reason}) but this console is read-only: not run here.",
+                title="rollback",
+                severity="warning",
+            )
+            return False
+        if trigger != "automatic":
+            return self.rollback.press(started, reason=reason, trigger=trigger)
+        if not self.config.rollback.automatic:
+            return self.rollback.press(started, reason=reason, trigger=trigger, offer=reason)
+        return self.rollback.press(
+            started, reason=f"automatic: {reason}", trigger=trigger, automatic=True
+        )
+
+    @on(RollbackProgress)
+    def _rollback_progress(self, message: RollbackProgress) -> None:
+        self.rollback.apply(message.event)
+
+    # -- end rollback ----------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """A read-only console cannot reach rollback at all."""
@@ -435,6 +538,7 @@ class ConsoleApp(App[int]):
         self._error = None
         self.sweeps_completed += 1
         self._accept(message.snapshot)
+        self.runbook_driver.observe(message.snapshot)  # runbook (issue 5)
         self.render_dashboard()
         # Keep the cadence when sweeps are fast; never start the next before this one ended.
         self._arm(self.interval_s - message.duration_s)
@@ -494,9 +598,11 @@ class ConsoleApp(App[int]):
     # -- shutdown --------------------------------------------------------------------------
 
     async def on_unmount(self) -> None:
-        """Cancel the sweep, close the source, stop the sweep thread."""
+        """Let a running rollback end, cancel the sweep, close the source, stop the threads."""
         self._cancel_timer()
         self.workers.cancel_group(self, "sweep")
+        await self.rollback.aclose()  # rollback (issue 6): waits up to the 30 s budget
+        await self.runbook_driver.aclose()  # runbook (issue 5)
         sweeps, source = self._sweeps, self._source
         if sweeps is None:
             return
