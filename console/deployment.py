@@ -51,6 +51,7 @@ from console.config import AppConfig
 from console.runbook.engine import (
     AuditSinkError,
     EngineError,
+    EngineState,
     Gate,
     MonitorProgress,
     OutputCallback,
@@ -76,6 +77,7 @@ __all__ = [
     "DeploymentError",
     "DeploymentScan",
     "DeploymentSession",
+    "DriveGuard",
     "GateView",
     "SavedDeployment",
     "coordinator_approver",
@@ -112,6 +114,39 @@ closed. :func:`coordinator_approver` builds one on the multi-operator coordinato
 
 ChangeHook = Callable[[], None]
 """Called after anything changed the deployment (to redraw)."""
+
+RecordHook = Callable[[str, dict[str, Any]], None]
+"""Called with each engine event once it is in the audit trail (operators, issue 7)."""
+
+
+class DriveGuard(Protocol):
+    """Whether this console may drive, asked before every driving action (operators, issue 7).
+
+    Both methods return the lease's fencing number, which the session stores with every
+    audit record it appends, or raise :class:`DeploymentError` saying why the console may
+    not drive. ``check`` uses local knowledge only (the holder's local deadline, which
+    passes before anyone else can take the lease), for the synchronous actions; ``confirm``
+    also renews the lease with the coordination store, before a step that changes the estate.
+    """
+
+    def check(self, action: str) -> int | None:
+        """The fencing number, from local knowledge (no I/O)."""
+        ...
+
+    async def confirm(self, action: str) -> int | None:
+        """The fencing number, confirmed with the coordination store."""
+        ...
+
+
+class _FencedTrail:
+    """The session's trail, with the session's fencing number on every engine record."""
+
+    def __init__(self, session: DeploymentSession) -> None:
+        self._session = session
+
+    def append(self, action: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("fence", self._session.fence)
+        return self._session.trail.append(action, **kwargs)
 
 
 class DeploymentError(Exception):
@@ -360,7 +395,15 @@ class DeploymentSession:
         self.on_rollback = on_rollback
         self.on_change = on_change
         self._engine: RunbookEngine | None = None
-        self._sink = audit_sink(trail)
+        # operators (issue 7): the lease's fencing number goes with every record.
+        self.fence: int | None = None
+        """The lease's fencing number stored with this session's audit records (None: no lease)."""
+        self.drive_guard: DriveGuard | None = None
+        """Asked before every driving action (None: a single console, it always may)."""
+        self.on_record: RecordHook | None = None
+        """Receives each engine event once recorded (the console publishes it to the others)."""
+        self._view_only = False
+        self._sink = audit_sink(_FencedTrail(self))
         self._last_action: str | None = None
         self._pending_state: dict[str, Any] | None = None
         self._fired_seen = 0
@@ -391,6 +434,11 @@ class DeploymentSession:
     def active(self) -> bool:
         """A deployment is loaded (finished or not)."""
         return self._engine is not None
+
+    @property
+    def view_only(self) -> bool:
+        """The loaded deployment is only shown: another console drives it (see :meth:`view`)."""
+        return self._view_only
 
     @property
     def deployment_id(self) -> str | None:
@@ -479,6 +527,14 @@ class DeploymentSession:
             )
         if gate.kind is StepKind.TRAFFIC and self.traffic is None:
             reasons.append("no traffic switch is connected")
+        # operators (issue 7): a console that does not drive sees every gate closed, and why.
+        if self._view_only:
+            reasons.insert(0, "read-only: another console drives this deployment")
+        elif self.drive_guard is not None:
+            try:
+                self.drive_guard.check("go ahead")
+            except DeploymentError as exc:
+                reasons.insert(0, str(exc))
         record = engine.record(gate.step_id)
         can_skip, skip_reason = self._skippable(gate, record)
         return GateView(
@@ -535,10 +591,11 @@ class DeploymentSession:
         Raises:
             DeploymentError: one is already loaded, the id is taken, or the engine refuses.
         """
-        if self._engine is not None and not self._engine.finished:
+        if self._engine is not None and not self._engine.finished and not self._view_only:
             raise DeploymentError(
                 f"deployment {self._engine.deployment_id} is still in progress: finish or end it first"
             )
+        self._guard("start a deployment", replacing_view=True)  # operators (issue 7)
         deployment_id = deployment_id_for(self.clock())
         if self._id_taken(deployment_id):
             raise DeploymentError(
@@ -560,6 +617,7 @@ class DeploymentSession:
             except EngineError as exc:
                 raise DeploymentError(str(exc)) from None
             self._fired_seen = 0
+            self._view_only = False
         return self._engine
 
     def _id_taken(self, deployment_id: str) -> bool:
@@ -585,10 +643,11 @@ class DeploymentSession:
             raise DeploymentError(
                 f"deployment {saved.deployment_id} is over ({saved.outcome}): nothing to resume"
             )
-        if self._engine is not None and not self._engine.finished:
+        if self._engine is not None and not self._engine.finished and not self._view_only:
             raise DeploymentError(
                 f"deployment {self._engine.deployment_id} is loaded already: end it first"
             )
+        self._guard(f"resume {saved.deployment_id}", replacing_view=True)  # operators (issue 7)
         with self._operation():
             try:
                 self._engine = RunbookEngine.restore(
@@ -599,6 +658,7 @@ class DeploymentSession:
             except EngineError as exc:
                 raise DeploymentError(str(exc)) from None
             self._fired_seen = len(self._engine.state.fired)
+            self._view_only = False
         self.resumed_from = saved
         return self._engine
 
@@ -612,6 +672,53 @@ class DeploymentSession:
             raise DeploymentError("abandoning a deployment needs a reason")
         self.resume(saved)
         self.end("aborted", reason)
+
+    # --- several operators (issue 7) ---------------------------------------------------------
+
+    def view(self, saved: SavedDeployment | None) -> None:
+        """Show a saved deployment read-only, as another console drives it (None: show none).
+
+        Nothing is recorded and nothing runs: the state is the newest one in the audit
+        trail, a step the driver is running shows as running, and every driving action is
+        refused until this console takes the lead and resumes it (:meth:`resume`).
+
+        Raises:
+            DeploymentError: this session is busy driving, or the state does not fit the runbook.
+        """
+        if self._busy:
+            raise DeploymentError(f"busy: {self._busy}")
+        if saved is None:
+            engine = None
+        else:
+            try:
+                state = EngineState.model_validate(saved.state)
+                engine = RunbookEngine(self.runbook, self.config, state, clock=self.clock)
+            except (ValueError, KeyError) as exc:
+                raise DeploymentError(
+                    f"deployment {saved.deployment_id} cannot be shown: {exc}"
+                ) from None
+        self._engine = engine
+        self._view_only = engine is not None
+        self._pending_state = None
+        self._fired_seen = len(engine.state.fired) if engine is not None else 0
+        self.resumed_from = None
+        self._changed()
+
+    def _guard(self, action: str, *, replacing_view: bool = False) -> None:
+        """Refuse a driving action this console may not take; keep the fence for its records."""
+        if self._view_only and self._engine is not None and not replacing_view:
+            raise DeploymentError(
+                f"cannot {action}: deployment {self._engine.deployment_id} is only shown here "
+                "(another console drives it); take the lead and resume it to drive"
+            )
+        if self.drive_guard is not None:
+            self.fence = self.drive_guard.check(action)
+
+    async def _confirm(self, action: str) -> None:
+        """:meth:`_guard`, with the lease confirmed by the coordination store."""
+        self._guard(action)
+        if self.drive_guard is not None:
+            self.fence = await self.drive_guard.confirm(action)
 
     async def read_back_traffic(self) -> TrafficSplit:
         """Read the split from the load balancer now and record it (after a resume).
@@ -633,7 +740,7 @@ class DeploymentSession:
 
     def observe(self, snapshot: Snapshot) -> None:
         """Feed the newest snapshot (gates, alerts seen, monitor windows use it)."""
-        if self._engine is None:
+        if self._engine is None or self._view_only:
             return
         with self._operation():
             self._engine.observe(snapshot)
@@ -645,7 +752,7 @@ class DeploymentSession:
 
     def tick(self) -> None:
         """Close the monitor window when its time is up (call it about once a second)."""
-        if self._engine is None:
+        if self._engine is None or self._view_only:
             return
         with self._operation():
             self._engine.tick()
@@ -674,6 +781,7 @@ class DeploymentSession:
         if cur is None:
             raise DeploymentError("no step is left")
         _, step = cur
+        await self._confirm(f"go ahead with step {step.id!r}")  # operators (issue 7)
         kind = engine.effective_kind(step)
         approved_by: str | None = None
         if engine.four_eyes(step.id):
@@ -692,6 +800,7 @@ class DeploymentSession:
                 raise DeploymentError(f"gate {step.id!r} stays closed: {exc}") from None
             finally:
                 self._busy = None
+            self._guard(f"go ahead with step {step.id!r}")  # operators: still the lead?
         if kind in (StepKind.COMMAND, StepKind.TRAFFIC, StepKind.REPORT):
             self._busy = {
                 StepKind.COMMAND: f"running {step.id}",
@@ -729,6 +838,7 @@ class DeploymentSession:
             raise DeploymentError(view.reasons[0] if view.reasons else "no step is left")
         if not view.can_skip:
             raise DeploymentError(f"step {view.step_id!r} cannot be skipped: {view.skip_reason}")
+        self._guard(f"skip step {view.step_id!r}")  # operators (issue 7)
         try:
             with self._operation():
                 record = engine.record(view.step_id)
@@ -755,6 +865,7 @@ class DeploymentSession:
             DeploymentError: nothing to end, no reason, or a command still runs.
         """
         engine = self.engine
+        self._guard(f"end deployment {engine.deployment_id}")  # operators (issue 7)
         try:
             with self._operation():
                 engine.end(self.operator, outcome, reason)
@@ -789,6 +900,11 @@ class DeploymentSession:
     def _on_event(self, action: str, evidence: dict[str, Any]) -> None:
         self._last_action = action
         self._sink(action, evidence)
+        if self.on_record is not None:  # operators (issue 7): tell the other consoles
+            try:
+                self.on_record(action, evidence)
+            except Exception:
+                log.exception("the record hook failed for %s", action)
 
     def _on_state(self, state: dict[str, Any]) -> None:
         self._pending_state = state
@@ -824,6 +940,7 @@ class DeploymentSession:
                 deployment_id=None,
                 operator=self.operator,
                 at=self.clock(),
+                fence=self.fence,  # operators (issue 7)
             )
         except Exception as exc:  # the trail never raises by contract; be safe all the same
             self.persist_error = f"{type(exc).__name__}: {exc}"

@@ -53,6 +53,12 @@ from console.ui.identity import operator_identity
 from console.ui.polling import SnapshotSource, SweepCompleted, SweepFailed, SweepLoop
 from console.ui.screens.dashboard import DashboardScreen, DashboardState
 from console.ui.screens.help import HelpScreen, key_help
+from console.ui.screens.operators import (  # operators (issue 7)
+    OPERATOR_ACTIONS,
+    LeaseChanged,
+    OperatorsDriver,
+    OperatorsScreen,
+)
 from console.ui.screens.rollback import (
     RollbackConfirmScreen,
     RollbackDriver,
@@ -131,6 +137,32 @@ class ConsoleApp(App[int]):
             id="runbook",
             tooltip="The guided runbook: each phase as a checklist with its gates (d again: back)",
         ),
+        # operators (issue 7): shown on the lease line rather than the full footer.
+        Binding(
+            "l",
+            "take_lead",
+            "Take lead",
+            id="take-lead",
+            tooltip="Take the lead: this console drives (only while nobody holds the lease)",
+            show=False,
+        ),
+        Binding(
+            "h",
+            "hand_over",
+            "Hand over",
+            id="hand-over",
+            tooltip="Hand over the lead: free the lease so another operator can take it",
+            show=False,
+        ),
+        Binding(
+            "o",
+            "operators",
+            "Operators",
+            id="operators",
+            tooltip="Who drives, and the four-eyes requests waiting for a second operator",
+            show=False,
+        ),
+        # -- end operators --
         Binding(
             "q", "quit", "Quit", id="quit", tooltip="Quit the console (the estate is untouched)"
         ),
@@ -159,6 +191,7 @@ class ConsoleApp(App[int]):
         poll_interval_s: float | None = None,
         sparkline_samples: int | None = None,
         environ: dict[str, str] | None = None,
+        coordinate: bool = False,
     ) -> None:
         """Create the console.
 
@@ -174,6 +207,8 @@ class ConsoleApp(App[int]):
             poll_interval_s: Seconds between sweeps (default: ``config.refresh_interval_s``).
             sparkline_samples: Sweeps a sparkline spans (default: five minutes of sweeps).
             environ: The environment (default: ``os.environ``), for ``TEXTUAL_THEME``.
+            coordinate: Coordinate with the other consoles of the deployment (lease, shared
+                state, four eyes; ``run_tui`` does). Without it the console drives alone.
         """
         super().__init__()
         if source is None and source_factory is None:
@@ -216,6 +251,9 @@ class ConsoleApp(App[int]):
         # -- runbook (issue 5) --
         self.runbook_driver = RunbookDriver(self)
         """The guided runbook: deployment session, resume prompt, snapshots to the engine."""
+        # -- operators (issue 7) --
+        self.operators = OperatorsDriver(self, enabled=coordinate)
+        """Several consoles: the lease, shared live state, break-glass, four-eyes approvals."""
 
         for theme in THEMES:
             self.register_theme(theme)
@@ -282,6 +320,7 @@ class ConsoleApp(App[int]):
             RollbackScreen.BINDINGS,
             RollbackConfirmScreen.BINDINGS,
             *RunbookDriver.binding_sources(),  # runbook (issue 5)
+            *OperatorsDriver.binding_sources(),  # operators (issue 7)
         ):
             bindings.extend(b for b in source if isinstance(b, Binding))
         return bindings
@@ -331,7 +370,12 @@ class ConsoleApp(App[int]):
             # The rollback thread, warmed up now so the first press pays for nothing.
             self.call_after_refresh(self.rollback.start)
         # runbook (issue 5): the resume prompt after the first frame; the engine ticks each second.
-        self.call_after_refresh(self.runbook_driver.startup)
+        if self.operators.enabled:
+            # operators (issue 7): the runbook starts once the lease is known.
+            self.call_after_refresh(self.operators.launch)
+            self.set_interval(1.0, self.operators.tick, name="operators-tick")
+        else:
+            self.call_after_refresh(self.runbook_driver.startup)
         self.set_interval(1.0, self.runbook_driver.tick, name="runbook-tick")
 
     def _dashboard_or_none(self) -> DashboardScreen | None:
@@ -362,6 +406,10 @@ class ConsoleApp(App[int]):
         """
         started = time.monotonic()  # first: the rollback's clock starts at the key press
         if self.read_only:
+            return
+        if self.operators.wants_break_glass():
+            # operators (issue 7): without the lead, F9 is break-glass: a reason, then rollback.
+            self.operators.break_glass()
             return
         self.rollback.press(started)
 
@@ -412,12 +460,38 @@ class ConsoleApp(App[int]):
     @on(RollbackProgress)
     def _rollback_progress(self, message: RollbackProgress) -> None:
         self.rollback.apply(message.event)
+        self.operators.rollback_progress(message.event)  # operators (issue 7): tell the others
 
     # -- end rollback ----------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """A read-only console cannot reach rollback at all."""
+        if action in OPERATOR_ACTIONS:  # operators (issue 7)
+            return self.operators.check_action(action)
         return not (action == "rollback" and self.read_only)
+
+    # -- operators (issue 7) --------------------------------------------------------------
+
+    async def action_take_lead(self) -> None:
+        """Take the lead (the lease) when nobody holds it."""
+        await self.operators.take_lead()
+
+    async def action_hand_over(self) -> None:
+        """Hand the lead over: free the lease for another operator."""
+        await self.operators.hand_over()
+
+    def action_operators(self) -> None:
+        """Show who drives and the four-eyes requests (again: back)."""
+        if isinstance(self.screen, OperatorsScreen):
+            self.pop_screen()
+        else:
+            self.push_screen(OperatorsScreen(self.operators))
+
+    @on(LeaseChanged)
+    def _lease_changed(self) -> None:
+        self.operators.apply()
+
+    # -- end operators ----------------------------------------------------------------------
 
     def console_commands(self) -> list[ConsoleCommand]:
         """The command palette's console commands, as allowed right now."""
@@ -451,6 +525,30 @@ class ConsoleApp(App[int]):
                     "Emergency rollback: move all traffic back to blue (F9)",
                     self.action_rollback,
                 ),
+            )
+        if self.operators.enabled:  # operators (issue 7)
+            if self.operators.check_action("take_lead"):
+                commands.append(
+                    ConsoleCommand(
+                        "Take the lead",
+                        "Drive this deployment (only while nobody holds the lease)",
+                        lambda: self.run_worker(self.operators.take_lead(), exit_on_error=False),
+                    )
+                )
+            if self.operators.check_action("hand_over"):
+                commands.append(
+                    ConsoleCommand(
+                        "Hand over the lead",
+                        "Free the lease so another operator can take it",
+                        lambda: self.run_worker(self.operators.hand_over(), exit_on_error=False),
+                    )
+                )
+            commands.append(
+                ConsoleCommand(
+                    "Operators and approvals",
+                    "Who drives, and four-eyes requests waiting for a second operator",
+                    self.action_operators,
+                )
             )
         return commands
 
@@ -565,7 +663,9 @@ class ConsoleApp(App[int]):
     def render_dashboard(self) -> None:
         """Draw the newest snapshot, unless something covers the dashboard."""
         dashboard = self._dashboard_or_none()
-        if dashboard is None:
+        if dashboard is None or not self.screen_stack:
+            # operators (issue 7): closing, a sweep's result may still arrive after the
+            # screens are gone (a slower shutdown: the lease is released first).
             return
         if self.screen is not dashboard:
             self._render_pending = True
@@ -603,6 +703,7 @@ class ConsoleApp(App[int]):
         self.workers.cancel_group(self, "sweep")
         await self.rollback.aclose()  # rollback (issue 6): waits up to the 30 s budget
         await self.runbook_driver.aclose()  # runbook (issue 5)
+        await self.operators.aclose()  # operators (issue 7): a quitting console hands over
         sweeps, source = self._sweeps, self._source
         if sweeps is None:
             return
@@ -627,6 +728,7 @@ def run_tui(
     *,
     read_only: bool = False,
     source_factory: SourceFactory | None = None,
+    coordinate: bool = True,
 ) -> int:
     """Run the dashboard until the operator quits; the CLI's entry point.
 
@@ -635,6 +737,7 @@ def run_tui(
         config_path: The file it came from (None: environment only).
         read_only: An observer console that can never drive (no rollback).
         source_factory: Builds the snapshot source (default: :class:`console.monitor.Monitor`).
+        coordinate: Coordinate with the deployment's other consoles (lease, shared state).
 
     Returns:
         The process exit code (0 after a normal quit).
@@ -644,6 +747,7 @@ def run_tui(
         source_factory=source_factory or _default_source_factory,
         config_path=config_path,
         read_only=read_only,
+        coordinate=coordinate,  # operators (issue 7)
     )
     app.run()
     return app.return_code or 0

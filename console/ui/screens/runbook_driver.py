@@ -85,8 +85,19 @@ class RunbookDriver:
 
     @property
     def read_only(self) -> bool:
-        """An observer console: it shows the deployment but never drives it."""
-        return bool(getattr(self.app, "read_only", False))
+        """An observer console, or one without the lead: it shows the deployment, never drives."""
+        if getattr(self.app, "read_only", False):
+            return True
+        # operators (issue 7): with several consoles, only the lease holder drives.
+        operators = getattr(self.app, "operators", None)
+        return operators is not None and not operators.can_drive()
+
+    def read_only_reason(self) -> str:
+        """Why this console may not drive now (operators, issue 7)."""
+        operators = getattr(self.app, "operators", None)
+        if operators is not None and not getattr(self.app, "read_only", False):
+            return str(operators.reason())
+        return "this console is read-only"
 
     # --- the session -----------------------------------------------------------------------
 
@@ -106,6 +117,9 @@ class RunbookDriver:
         session.on_change = self._changed
         if session.on_rollback is None:
             session.on_rollback = self._rollback_offered
+        operators = getattr(self.app, "operators", None)
+        if operators is not None:  # operators (issue 7): lease guard, fence, approvals, events
+            operators.wire(session)
         self.session = session
         self.error = None
         if self.latest is not None:
@@ -137,7 +151,10 @@ class RunbookDriver:
         """Unfinished deployments found in the audit trail (newest first)."""
         if self.scan is None:
             return []
-        loaded = self.session.deployment_id if self.session is not None else None
+        session = self.session
+        # operators (issue 7): a deployment only shown here (another console drove it) is
+        # still there to resume.
+        loaded = session.deployment_id if session is not None and not session.view_only else None
         return [d for d in self.scan.unfinished if d.deployment_id != loaded]
 
     def resume_hint(self) -> str:
@@ -290,6 +307,36 @@ class RunbookDriver:
         self.app.notify(f"deployment {saved.deployment_id} ended as aborted", title="abandon")
         self.app.run_worker(self.rescan(), group="runbook-scan", exit_on_error=False)
 
+    async def became_driver(self) -> None:
+        """This console just took the lead (operators, issue 7): drive from the audit trail.
+
+        A deployment only shown here, or this console's own engine when another console
+        recorded a newer state meanwhile, is dropped, and the newest unfinished deployment
+        is offered for resuming (resuming re-reads the split from the load balancer).
+        """
+        session = self.ensure_session()
+        if session is None or session.busy:
+            return
+        scan = await self.rescan()
+        if session.active and not session.view_only and not session.finished:
+            current = session.deployment_id
+            saved = next(
+                (d for d in (scan.deployments if scan else []) if d.deployment_id == current), None
+            )
+            newer = saved is not None and int(saved.state.get("events") or 0) > int(
+                session.engine.state.events
+            )
+            if not newer:
+                return  # nobody else drove it meanwhile: carry on where this console stood
+        if session.active and (session.view_only or not session.finished):
+            session.view(None)
+        self._changed()
+        from console.ui.screens.runbook_dialogs import ResumeDialog
+
+        asking = any(isinstance(screen, ResumeDialog) for screen in self.app.screen_stack)
+        if self.unfinished() and not asking:
+            self.prompt_resume()
+
     def start_new(self) -> bool:
         """Start a new deployment (refused while an unfinished one waits in the trail)."""
         from console.deployment import DeploymentError
@@ -299,7 +346,9 @@ class RunbookDriver:
             self.app.notify(self.error or "", title="runbook", severity="error")
             return False
         if self.read_only:
-            self.app.notify("this console is read-only", title="new deployment", severity="warning")
+            self.app.notify(
+                self.read_only_reason(), title="new deployment", severity="warning", timeout=10
+            )
             return False
         waiting = self.unfinished()
         if waiting:
@@ -340,6 +389,9 @@ class RunbookDriver:
             )
             return
         self.app.push_screen(RunbookScreen(self))
+        operators = getattr(self.app, "operators", None)
+        if operators is not None:  # operators (issue 7): the lease line under its header
+            self.app.call_after_refresh(operators.ensure_lines)
 
     def toggle(self) -> None:
         """Open the runbook screen, or go back to the dashboard from it."""
@@ -380,6 +432,9 @@ class RunbookDriver:
         session = self.session
         if session is None or not session.active:
             return
+        if self.read_only:  # operators (issue 7): only the lead's engine records
+            return
+        self._sync_fence(session)
         try:
             session.observe(snapshot)
         except Exception as exc:  # the audit trail lost a record: say so, keep sweeping
@@ -390,7 +445,8 @@ class RunbookDriver:
         session = self.session
         if session is None:
             return
-        if session.active:
+        if session.active and not self.read_only:  # operators (issue 7): only the lead's
+            self._sync_fence(session)
             try:
                 session.tick()
             except Exception as exc:
@@ -411,6 +467,12 @@ class RunbookDriver:
                 await asyncio.to_thread(session.flush)
         finally:
             self._flushing = False
+
+    def _sync_fence(self, session: DeploymentSession) -> None:
+        """Records from ticks and snapshots carry the lease's current fence (operators, issue 7)."""
+        operators = getattr(self.app, "operators", None)
+        if operators is not None and operators.coordinator is not None and not session.busy:
+            session.fence = operators.coordinator.fence
 
     def _rollback_offered(self, reason: str, automatic: bool) -> None:
         if self.rollback_hook is not None:
