@@ -76,3 +76,18 @@ def test_theme_choice_persists_until_the_config_changes(tmp_path: Path) -> None:
     assert load_theme(tmp_path, "acgs-dark") is None
     (tmp_path / STATE_FILE).write_text("[1, 2]")
     assert load_theme(tmp_path, "acgs-dark") is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+async def test_the_sweep_thread_carries_its_name_at_the_os_level() -> None:
+    loop = SweepLoop(name="acgs-sweeps")
+    try:
+
+        async def native_id() -> int:
+            return threading.get_native_id()
+
+        tid = await loop.run(native_id(), timeout=5)
+        comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        assert comm == "acgs-sweeps"
+    finally:
+        loop.stop()

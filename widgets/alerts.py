@@ -8,32 +8,65 @@
 
 Rules whose input is unknown neither fire nor pass; they are summed up on
 one line so a dead Prometheus does not push the real alerts off the screen.
+
+The panel's height decides the dashboard's layout: every change of it moves
+the panels above and repaints the whole screen (a reader loses their place,
+a slow link gets 40 KB). So on a tall terminal the panel keeps all its lines
+even when nothing fires; on a short one it keeps room for a few, grows at
+once when more are needed, and gives lines back only after
+:data:`SHRINK_AFTER_S` without needing them. Alerts that come and go during
+an incident leave the layout still.
+
+On screen the timers stand in a column of their own, after the longest
+summary: they tick every second, and Textual sends a changed span from the
+left edge of the widget holding it, so a timer at the end of a full-width
+line would resend the whole line each second (over SSH, per alert).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.widgets import Static
 
 from backends.models import AlertState
+from widgets.repaint import QuietBorderTitle, QuietStatic
 from widgets.styling import badge_part, set_level_class
-from widgets.verdicts import Badge, Level, alert_badge, alert_text, ordered_alerts, unknown_alerts
+from widgets.verdicts import (
+    Badge,
+    Level,
+    alert_badge,
+    alert_text,
+    alert_timer,
+    ordered_alerts,
+    unknown_alerts,
+)
+
+SHRINK_AFTER_S = 60.0
+"""Seconds the panel keeps lines it no longer needs before giving them back."""
+
+MAX_LINES = 7
+"""Lines of alerts shown before the panel scrolls (its border takes one more)."""
+
+MIN_LINES = 3
+"""Lines the panel always keeps on a short terminal (a few alerts come and go in place)."""
+
+TALL_TERMINAL = 30
+"""From this many rows the panel keeps all its :data:`MAX_LINES`: the layout never moves."""
 
 
-def alert_lines(alerts: tuple[AlertState, ...], now: datetime, *, stale: bool) -> list[Content]:
-    """The panel's lines, most urgent first."""
-    lines: list[Content] = []
-    for alert in ordered_alerts(alerts, now):
-        where = alert.environment.value if alert.environment is not None else "estate"
-        lines.append(
-            Content.assemble(
-                badge_part(alert_badge(alert), stale=stale, width=10),
-                f" {alert.severity.value:<8} {where:<6} ",
-                alert_text(alert, now),
-            )
-        )
+def _what(alert: AlertState, *, stale: bool) -> list[str | tuple[str, str]]:
+    where = alert.environment.value if alert.environment is not None else "estate"
+    return [
+        badge_part(alert_badge(alert), stale=stale, width=10),
+        f" {alert.severity.value:<8} {where:<6} ",
+    ]
+
+
+def summary_line(alerts: tuple[AlertState, ...], now: datetime, *, stale: bool) -> Content | None:
+    """The line on the rules without data, or "none" when nothing fires; None otherwise."""
     unknown = unknown_alerts(alerts)
     if unknown:
         scopes: dict[str, list[str]] = {}
@@ -44,23 +77,43 @@ def alert_lines(alerts: tuple[AlertState, ...], now: datetime, *, stale: bool) -
                 scopes[alert.name].append(where)
         names = ", ".join(f"{name} ({', '.join(w)})" for name, w in scopes.items())
         count = len(unknown)
-        lines.append(
-            Content.assemble(
-                badge_part(Badge(Level.UNKNOWN, "unknown"), stale=stale, width=10),
-                f" {count} rule{'s' if count != 1 else ''} without data: {names}",
-            )
+        return Content.assemble(
+            badge_part(Badge(Level.UNKNOWN, "unknown"), stale=stale, width=10),
+            f" {count} rule{'s' if count != 1 else ''} without data: {names}",
         )
-    if not lines:
-        lines.append(
-            Content.assemble(
-                badge_part(Badge(Level.OK, "none"), stale=stale, width=10),
-                " no alert firing or pending",
-            )
+    if not ordered_alerts(alerts, now):
+        return Content.assemble(
+            badge_part(Badge(Level.OK, "none"), stale=stale, width=10),
+            " no alert firing or pending",
         )
+    return None
+
+
+def alert_lines(alerts: tuple[AlertState, ...], now: datetime, *, stale: bool) -> list[Content]:
+    """The panel's lines, most urgent first, each with its timer at the end."""
+    lines = [
+        Content.assemble(*_what(alert, stale=stale), alert_text(alert, now))
+        for alert in ordered_alerts(alerts, now)
+    ]
+    summary = summary_line(alerts, now, stale=stale)
+    if summary is not None:
+        lines.append(summary)
     return lines
 
 
-class AlertsPanel(Static):
+def alert_columns(
+    alerts: tuple[AlertState, ...], now: datetime, *, stale: bool
+) -> tuple[list[Content], list[Content]]:
+    """The firing and pending alerts as two columns: what (up to the colon) and the timer."""
+    what: list[Content] = []
+    timers: list[Content] = []
+    for alert in ordered_alerts(alerts, now):
+        what.append(Content.assemble(*_what(alert, stale=stale), f"{alert.summary}:"))
+        timers.append(Content(alert_timer(alert, now)))
+    return what, timers
+
+
+class AlertsPanel(QuietBorderTitle, Vertical):
     """Firing and pending alerts, their timers, and the rules without data."""
 
     DEFAULT_CSS = """
@@ -72,28 +125,75 @@ class AlertsPanel(Static):
         border-title-color: $primary;
         border-title-style: bold;
         padding: 0 1;
-        text-wrap: nowrap;
-        text-overflow: ellipsis;
     }
     AlertsPanel.-stale {
         color: $stale;
         border-top: solid $stale;
     }
+    AlertsPanel > Horizontal {
+        height: auto;
+    }
+    AlertsPanel .alerts--what {
+        width: auto;
+        max-width: 80%;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    AlertsPanel .alerts--timer {
+        width: 1fr;
+        padding: 0 0 0 1;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    AlertsPanel .alerts--summary {
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
         """Create the panel (unknown until the first sweep)."""
-        super().__init__(
-            Content.assemble(
-                badge_part(Badge(Level.UNKNOWN, "unknown"), width=10),
-                " waiting for the first sweep",
-            ),
-            id=id,
-        )
+        super().__init__(id=id)
         self.border_title = "alerts"
         self.plain_text = ""
         """The panel as shown (plain text), for tests."""
         self._shown: tuple[str, bool] = ("", False)
+        self._reserved = 0
+        self._last_full: datetime | None = None
+
+    def compose(self) -> ComposeResult:
+        """The alerts (what, timer) and the summary line."""
+        with Horizontal(classes="alerts--rows") as rows:
+            rows.display = False
+            yield QuietStatic(classes="alerts--what")
+            yield QuietStatic(classes="alerts--timer")
+        yield QuietStatic(
+            Content.assemble(
+                badge_part(Badge(Level.UNKNOWN, "unknown"), width=10),
+                " waiting for the first sweep",
+            ),
+            classes="alerts--summary",
+        )
+
+    def on_mount(self) -> None:
+        """Take the room a tall terminal gives the panel before the first sweep arrives."""
+        if self.screen.size.height >= TALL_TERMINAL:
+            self._reserved = MAX_LINES
+            self.styles.min_height = MAX_LINES + 1
+
+    def _reserve(self, needed: int, now: datetime) -> None:
+        """Grow to ``needed`` lines at once; shrink only after a while without needing them."""
+        tall = self.is_mounted and self.screen.size.height >= TALL_TERMINAL
+        needed = max(MAX_LINES if tall else MIN_LINES, min(needed, MAX_LINES))
+        if needed >= self._reserved or self._last_full is None:
+            self._last_full = now
+        elif (now - self._last_full).total_seconds() < SHRINK_AFTER_S:
+            needed = self._reserved
+        else:
+            self._last_full = now
+        if needed != self._reserved:
+            self._reserved = needed
+            self.styles.min_height = needed + 1
 
     def show(self, alerts: tuple[AlertState, ...], now: datetime, *, stale: bool) -> None:
         """Show a snapshot's alerts.
@@ -103,17 +203,31 @@ class AlertsPanel(Static):
             now: The current time (the timers count up to it).
             stale: The snapshot is older than its allowed age.
         """
-        lines = alert_lines(alerts, now, stale=stale)
-        content = Content("\n").join(lines)
+        what, timers = alert_columns(alerts, now, stale=stale)
+        summary = summary_line(alerts, now, stale=stale)
+        plain = "\n".join(
+            [f"{w.plain} {t.plain}" for w, t in zip(what, timers, strict=True)]
+            + ([summary.plain] if summary is not None else [])
+        )
         firing = sum(1 for a in alerts if a.phase.value == "firing")
         pending = sum(1 for a in alerts if a.phase.value == "pending")
         title = f"alerts · {firing} firing · {pending} pending"
         if stale:
             title += " · ◌ stale"
         set_level_class(self, Level.STALE if stale else None)
-        if self.border_title != title:
-            self.border_title = title
-        if (content.plain, stale) != self._shown:
-            self._shown = (content.plain, stale)
-            self.plain_text = content.plain
-            self.update(content)
+        self.set_border_title(title)
+        self._reserve(len(what) + (summary is not None), now)
+        if (plain, stale) == self._shown:
+            return
+        self._shown = (plain, stale)
+        self.plain_text = plain
+        rows = self.query_one(".alerts--rows", Horizontal)
+        rows.display = bool(what)
+        if what:
+            self.query_one(".alerts--what", QuietStatic).show_content(Content("\n").join(what))
+            # Only the digits that moved travel: the timer column starts where they do.
+            self.query_one(".alerts--timer", QuietStatic).show_content(Content("\n").join(timers))
+        line = self.query_one(".alerts--summary", QuietStatic)
+        line.display = summary is not None
+        if summary is not None:
+            line.show_content(summary)

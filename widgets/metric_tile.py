@@ -17,15 +17,61 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
-from textual.widgets import Sparkline, Static
+from textual.widget import Widget
 
 from backends.models import MetricValue
-from widgets.series import BucketedSeries, worst_of
+from widgets.repaint import Painted, QuietStatic, paint, refresh_changed
+from widgets.series import BucketedSeries, Summary, spark_bars, worst_of
 from widgets.styling import badge_part, level_style, set_level_class
 from widgets.verdicts import Badge, Level, clock_time, format_metric, level_badge, metric_number
 
 SPARK_COLUMNS = 30
 """Columns a sparkline keeps (each one summarises history/30 samples)."""
+
+
+class SparkBars(Widget):
+    """A one-line sparkline in one colour (the tile's level), repainting only what moved.
+
+    Textual's ``Sparkline`` colours every bar on its own (a gradient), so each
+    redraw sends an escape sequence per bar: about 700 bytes per sparkline
+    when a column completes, eight sparklines on the dashboard. One colour is
+    one escape sequence per line; the bar heights carry the values.
+    """
+
+    DEFAULT_CSS = """
+    SparkBars {
+        height: 1;
+        color: $primary;
+    }
+    """
+
+    def __init__(self, summary: Summary = max, *, classes: str | None = None) -> None:
+        """Create an empty sparkline.
+
+        Args:
+            summary: Folds the values that share a column (the metric's worst).
+            classes: CSS classes.
+        """
+        super().__init__(classes=classes)
+        self.summary = summary
+        self._values: list[float] = []
+        self._painted: Painted | None = None
+
+    @property
+    def data(self) -> list[float]:
+        """The values drawn, oldest first."""
+        return list(self._values)
+
+    @data.setter
+    def data(self, values: list[float]) -> None:
+        self._values = list(values)
+        before, self._painted = self._painted, paint(self, self.render())
+        if not refresh_changed(self, before, self._painted):
+            self.refresh()
+
+    def render(self) -> Content:
+        """The bars, as wide as the widget."""
+        return Content(spark_bars(self._values, self.size.width, self.summary))
 
 
 class MetricTile(Vertical):
@@ -45,22 +91,14 @@ class MetricTile(Vertical):
     MetricTile > .tile--value {
         text-style: bold;
     }
-    MetricTile > Sparkline {
-        height: 1;
-    }
-    MetricTile.-warning > Sparkline > .sparkline--max-color {
+    MetricTile.-warning > SparkBars {
         color: $warning;
     }
-    MetricTile.-critical > Sparkline > .sparkline--max-color {
+    MetricTile.-critical > SparkBars {
         color: $error;
     }
-    MetricTile.-unknown > Sparkline > .sparkline--max-color,
-    MetricTile.-stale > Sparkline > .sparkline--max-color {
+    MetricTile.-unknown > SparkBars, MetricTile.-stale > SparkBars {
         color: $stale;
-    }
-    MetricTile.-unknown > Sparkline > .sparkline--min-color,
-    MetricTile.-stale > Sparkline > .sparkline--min-color {
-        color: $stale 50%;
     }
     MetricTile.-unknown > .tile--value, MetricTile.-stale > .tile--value {
         color: $stale;
@@ -95,9 +133,9 @@ class MetricTile(Vertical):
 
     def compose(self) -> ComposeResult:
         """Head line, value line, sparkline."""
-        yield Static(self._head(level_badge(Level.UNKNOWN), False), classes="tile--head")
-        yield Static("unknown", classes="tile--value")
-        yield Sparkline([], summary_function=worst_of(self.field))
+        yield QuietStatic(self._head(level_badge(Level.UNKNOWN), False), classes="tile--head")
+        yield QuietStatic("unknown", classes="tile--value")
+        yield SparkBars(worst_of(self.field))
 
     @property
     def history(self) -> list[float]:
@@ -131,7 +169,7 @@ class MetricTile(Vertical):
                 drawn = self.series.drawn()
                 if drawn != self._drawn:
                     self._drawn = drawn
-                    self.query_one(Sparkline).data = drawn
+                    self.query_one(SparkBars).data = drawn
         shown_level = Level.STALE if panel_stale else level
         if value is None or level is Level.UNKNOWN:
             text = f"unknown: {metric.error or 'no data'}"
@@ -155,9 +193,11 @@ class MetricTile(Vertical):
         head_key = (head, panel_stale)
         if head_key != self._shown_head:
             self._shown_head = head_key
-            self.query_one(".tile--head", Static).update(self._head(head, panel_stale))
+            self.query_one(".tile--head", QuietStatic).show_content(self._head(head, panel_stale))
         value_key = (text, shown_level, level)
         if value_key != self._shown_value:
             self._shown_value = value_key
             value_style = "" if shown_level in (Level.UNKNOWN, Level.STALE) else level_style(level)
-            self.query_one(".tile--value", Static).update(Content.assemble((text, value_style)))
+            self.query_one(".tile--value", QuietStatic).show_content(
+                Content.assemble((text, value_style))
+            )

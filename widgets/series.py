@@ -14,8 +14,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 
 Summary = Callable[[Sequence[float]], float]
+
+BARS = "▁▂▃▄▅▆▇█"
+"""The eight bar heights of a one-line sparkline."""
 
 
 def worst_of(field: str) -> Summary:
@@ -68,3 +72,35 @@ class BucketedSeries:
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets)
+
+
+def spark_bars(values: Sequence[float], width: int, summary: Summary = max) -> str:
+    """A one-line sparkline as text: ``width`` bars scaled between the minimum and maximum.
+
+    The same drawing as Textual's ``Sparkline`` (values partitioned into
+    ``width`` buckets, each summarised), as plain characters: drawn in one
+    colour it costs one escape sequence per line instead of one per bar.
+
+    Args:
+        values: The values, oldest first.
+        width: Columns to fill.
+        summary: Folds the values that share a column.
+    """
+    if width <= 0:
+        return ""
+    if not values:
+        return BARS[0] * width
+    if len(values) == 1:
+        return BARS[-1] * width
+    low, high = min(values), max(values)
+    extent = high - low or 1
+    step = Fraction(len(values), width)
+    buckets = [part for i in range(width) if (part := values[int(step * i) : int(step * (i + 1))])]
+    stride = len(buckets) / width
+    bars: list[str] = []
+    position = 0.0
+    for _ in range(width):
+        ratio = (summary(buckets[int(position)]) - low) / extent
+        bars.append(BARS[int(ratio * (len(BARS) - 1))])
+        position += stride
+    return "".join(bars)

@@ -14,6 +14,8 @@ from textual.content import Content
 from textual.geometry import Size
 from textual.widget import Widget
 
+from widgets.repaint import Painted, paint, refresh_changed
+
 SEPARATOR = " · "
 
 
@@ -50,6 +52,7 @@ class StatusHeader(Widget):
         """Create an empty header."""
         super().__init__(id=id)
         self._parts: list[Content] = []
+        self._painted: Painted | None = None
 
     @property
     def plain_text(self) -> str:
@@ -69,7 +72,10 @@ class StatusHeader(Widget):
         old_lines = len(pack(self._parts, max(1, self.content_region.width)))
         self._parts = list(parts)
         new_lines = len(pack(self._parts, max(1, self.content_region.width)))
-        self.refresh(layout=old_lines != new_lines)
+        before, self._painted = self._painted, paint(self, self.render())
+        # "swept 1 s ago" -> "swept 2 s ago" repaints one digit, not the line.
+        if old_lines != new_lines or not refresh_changed(self, before, self._painted):
+            self.refresh(layout=old_lines != new_lines)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         """As many lines as the packed parts need at this width."""

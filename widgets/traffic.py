@@ -17,6 +17,7 @@ from textual.content import Content
 from textual.widget import Widget
 
 from backends.models import TrafficSplit
+from widgets.repaint import Painted, paint, refresh_changed
 from widgets.styling import badge_part, set_level_class
 from widgets.verdicts import Badge, Level, clock_time
 
@@ -44,6 +45,7 @@ class TrafficSplitBar(Widget):
         self._stale = False
         self._since: datetime | None = None
         self._picture: object = ()
+        self._painted: Painted | None = None
         self.plain_text = ""
         """The line as last rendered (plain text), for tests."""
 
@@ -71,7 +73,9 @@ class TrafficSplitBar(Widget):
             return
         self._picture = picture
         set_level_class(self, Level.STALE if stale else None)
-        self.refresh()
+        before, self._painted = self._painted, paint(self, self.render())
+        if not refresh_changed(self, before, self._painted):
+            self.refresh()
 
     def render(self) -> Content:
         """The bar, sized to the widget's width."""

@@ -494,12 +494,17 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def alert_text(alert: AlertState, now: datetime) -> str:
-    """``P99 > 5 ms: 1m12s of 2m`` (with a timer) or ``... : for 12s`` (immediate)."""
+def alert_timer(alert: AlertState, now: datetime) -> str:
+    """``1m12s of 2m`` (with a timer) or ``for 12s`` (immediate)."""
     elapsed = format_duration(alert.elapsed(now))
     if alert.for_seconds > 0:
-        return f"{alert.summary}: {elapsed} of {format_duration(alert.for_seconds)}"
-    return f"{alert.summary}: for {elapsed}"
+        return f"{elapsed} of {format_duration(alert.for_seconds)}"
+    return f"for {elapsed}"
+
+
+def alert_text(alert: AlertState, now: datetime) -> str:
+    """``P99 > 5 ms: 1m12s of 2m`` (with a timer) or ``... : for 12s`` (immediate)."""
+    return f"{alert.summary}: {alert_timer(alert, now)}"
 
 
 def alert_badge(alert: AlertState) -> Badge:
