@@ -461,6 +461,15 @@ class ConsoleApp(App[int]):
     def _rollback_progress(self, message: RollbackProgress) -> None:
         self.rollback.apply(message.event)
         self.operators.rollback_progress(message.event)  # operators (issue 7): tell the others
+        from console.rollback import RollbackOutcome
+
+        result = message.event.result
+        if result is not None and result.outcome in (
+            RollbackOutcome.VERIFIED,
+            RollbackOutcome.UNVERIFIED,
+        ):
+            # Traffic is back on blue: the deployment in progress ends as rolled back.
+            self.runbook_driver.rolled_back(f"rollback {result.outcome.value}: {result.reason}")
 
     # -- end rollback ----------------------------------------------------------------------
 
