@@ -569,3 +569,22 @@ def test_evidence_lines_name_exit_codes_read_backs_and_windows() -> None:
     assert evidence_summary(window, watched) == "118 snapshots over 2m"
     pending = StepRecord(step_id="monitor-10")
     assert evidence_summary(window, pending) == ""
+
+
+async def test_the_planned_rollback_starts_as_its_own_checklist_flow(tmp_path: Path) -> None:
+    clock = Clock()
+    session = make_session(ui_config(tmp_path), clock)
+    app = app_for(tmp_path, session, [snapshot(clock.now)])
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_runbook(pilot)
+        assert screen.check_action("start_planned_rollback", ()) is True
+        await pilot.press("p")
+        await wait_for(pilot, lambda: session.active, "the planned rollback to start")
+        assert session.engine.procedure.id == "planned-rollback"
+        steps = [s for _, s in session.engine.procedure.steps()]
+        kinds = [(s.kind, getattr(s, "green_percentage", None)) for s in steps]
+        traffic = [pct for kind, pct in kinds if str(kind).endswith("traffic")]
+        assert traffic == [50, 0], kinds  # 50 % -> (monitor) -> 0 %
+        assert any(str(s.kind).endswith("monitor") for s in steps)
+        # While it runs, neither a deployment nor another planned rollback can start.
+        assert not screen.check_action("start_planned_rollback", ())

@@ -84,7 +84,15 @@ def _when(value: object) -> datetime | None:
     return None
 
 
-_DRIVING = ("continue", "skip", "cancel_command", "start", "resume", "end")
+_DRIVING = (
+    "continue",
+    "skip",
+    "cancel_command",
+    "start",
+    "start_planned_rollback",
+    "resume",
+    "end",
+)
 """The actions that change the deployment (none of them in a read-only console)."""
 
 
@@ -170,6 +178,13 @@ class RunbookScreen(Screen[None]):
             "New deployment",
             id="runbook-start",
             tooltip="Start a new deployment (id YYYYMMDD_HHMMSS) with the runbook",
+        ),
+        Binding(
+            "p",
+            "start_planned_rollback",
+            "Planned rollback",
+            id="runbook-planned-rollback",
+            tooltip="Start the runbook's planned rollback: 50% -> monitor 120 s -> 0% -> validate blue",
         ),
         Binding(
             "u",
@@ -522,7 +537,7 @@ class RunbookScreen(Screen[None]):
             return True if active and view is not None and view.can_skip else None
         if action == "cancel_command":
             return active and view is not None and view.can_cancel
-        if action == "start":
+        if action in ("start", "start_planned_rollback"):
             return session is not None and not active
         if action == "resume":
             return session is not None and not active and bool(self.driver.unfinished())
@@ -668,6 +683,13 @@ class RunbookScreen(Screen[None]):
     def action_start(self) -> None:
         """Start a new deployment."""
         self.driver.start_new()
+        self.shown_phase = None
+        self.selected = None
+        self.refresh_view()
+
+    def action_start_planned_rollback(self) -> None:
+        """Start the runbook's planned rollback as its own checklist flow."""
+        self.driver.start_new("planned-rollback")
         self.shown_phase = None
         self.selected = None
         self.refresh_view()

@@ -337,8 +337,13 @@ class RunbookDriver:
         if self.unfinished() and not asking:
             self.prompt_resume()
 
-    def start_new(self) -> bool:
-        """Start a new deployment (refused while an unfinished one waits in the trail)."""
+    def start_new(self, procedure: str = "deployment") -> bool:
+        """Start a new deployment (refused while an unfinished one waits in the trail).
+
+        Args:
+            procedure: The runbook procedure to walk: ``deployment``, or
+                ``planned-rollback`` (50 % -> monitor -> 0 % -> validate blue).
+        """
         from console.deployment import DeploymentError
 
         session = self.ensure_session()
@@ -360,7 +365,7 @@ class RunbookDriver:
             )
             return False
         try:
-            engine = session.start()
+            engine = session.start(procedure)
         except DeploymentError as exc:
             self.app.notify(str(exc), title="new deployment", severity="error", timeout=10)
             return False
