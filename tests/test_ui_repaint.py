@@ -30,7 +30,7 @@ from backends.models import (
     Snapshot,
 )
 from widgets.alerts import MAX_LINES, MIN_LINES, SHRINK_AFTER_S, AlertsPanel
-from widgets.repaint import SETTLE_BAND, SETTLE_S, QuietStatic, changed_span, wobbles
+from widgets.repaint import SETTLE_FACTOR, SETTLE_S, QuietStatic, changed_span, wobbles
 from widgets.series import BARS, spark_bars
 
 RED, GREEN = Style(color="red"), Style(color="green")
@@ -70,7 +70,9 @@ def test_a_change_never_starts_on_the_right_half_of_a_wide_character() -> None:
 
 def test_a_wobbling_number_settles_for_a_while_but_a_move_shows_at_once() -> None:
     assert wobbles(30.0, 33.0, 1.0)
-    assert wobbles(30.0, 30.0 * (1 + SETTLE_BAND) - 0.01, 0.0)
+    assert wobbles(30.0, 30.0 * SETTLE_FACTOR, 0.0)
+    assert wobbles(30.0, 30.0 / SETTLE_FACTOR, 0.0)
+    assert not wobbles(30.0, 30.0 * SETTLE_FACTOR + 0.01, 0.0)
     assert not wobbles(30.0, 300.0, 1.0), "a tenfold latency must show at once"
     assert not wobbles(30.0, 33.0, SETTLE_S), "what is shown is refreshed every few seconds"
     assert not wobbles(30.0, 33.0, -1.0), "a clock going backwards is no reason to hold"
@@ -90,7 +92,7 @@ def healthy_with_latency(at: datetime, sequence: int, latency_ms: float) -> Snap
 
 async def test_the_latency_column_settles_wobble_and_shows_moves(tmp_path: Path) -> None:
     t = fx.T0
-    latencies = [20.0, 22.0, 21.0, 23.0, 22.0, 21.0, 22.0, 60.0, None]
+    latencies = [20.0, 22.0, 21.0, 23.0, 22.0, 21.0, 35.0, 60.0, None]
     snapshots = [
         healthy_with_latency(t + timedelta(seconds=i), i + 1, v or 20.0)
         for i, v in enumerate(latencies)
@@ -123,8 +125,9 @@ async def test_the_latency_column_settles_wobble_and_shows_moves(tmp_path: Path)
             row = table.row_keys.index("test_orchestrator")
             assert column.render().plain.split("\n")[row] == shown[-1]
         state = app.dashboard.panel("green").table.cell_text("test_orchestrator", "state")
-    # 22 and 21 ms only wobble around 20 ms; five seconds on, the newest is shown;
-    # 60 ms is a move and shows at once; an orchestrator going down shows at once.
+    # 22 and 21 ms only wobble around 20 ms; five seconds on, the newest is shown; 35 ms
+    # is within a factor of two of it; 60 ms is a move and shows at once; an orchestrator
+    # going down shows at once.
     assert shown[:5] == ["20 ms"] * 5
     assert shown[5] == "21 ms"
     assert shown[6] == "21 ms"

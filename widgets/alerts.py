@@ -65,28 +65,39 @@ def _what(alert: AlertState, *, stale: bool) -> list[str | tuple[str, str]]:
     ]
 
 
+def unknown_line(alerts: tuple[AlertState, ...], *, stale: bool) -> Content | None:
+    """The line on the rules without data, or None when every rule has its input."""
+    unknown = unknown_alerts(alerts)
+    if not unknown:
+        return None
+    scopes: dict[str, list[str]] = {}
+    for alert in unknown:
+        where = alert.environment.value if alert.environment is not None else "estate"
+        scopes.setdefault(alert.name, [])
+        if where not in scopes[alert.name]:
+            scopes[alert.name].append(where)
+    names = ", ".join(f"{name} ({', '.join(w)})" for name, w in scopes.items())
+    count = len(unknown)
+    return Content.assemble(
+        badge_part(Badge(Level.UNKNOWN, "unknown"), stale=stale, width=10),
+        f" {count} rule{'s' if count != 1 else ''} without data: {names}",
+    )
+
+
+def none_line(*, stale: bool) -> Content:
+    """The line when no rule fires, is pending or lacks its input."""
+    return Content.assemble(
+        badge_part(Badge(Level.OK, "none"), stale=stale, width=10),
+        " no alert firing or pending",
+    )
+
+
 def summary_line(alerts: tuple[AlertState, ...], now: datetime, *, stale: bool) -> Content | None:
     """The line on the rules without data, or "none" when nothing fires; None otherwise."""
-    unknown = unknown_alerts(alerts)
-    if unknown:
-        scopes: dict[str, list[str]] = {}
-        for alert in unknown:
-            where = alert.environment.value if alert.environment is not None else "estate"
-            scopes.setdefault(alert.name, [])
-            if where not in scopes[alert.name]:
-                scopes[alert.name].append(where)
-        names = ", ".join(f"{name} ({', '.join(w)})" for name, w in scopes.items())
-        count = len(unknown)
-        return Content.assemble(
-            badge_part(Badge(Level.UNKNOWN, "unknown"), stale=stale, width=10),
-            f" {count} rule{'s' if count != 1 else ''} without data: {names}",
-        )
-    if not ordered_alerts(alerts, now):
-        return Content.assemble(
-            badge_part(Badge(Level.OK, "none"), stale=stale, width=10),
-            " no alert firing or pending",
-        )
-    return None
+    unknown = unknown_line(alerts, stale=stale)
+    if unknown is not None:
+        return unknown
+    return none_line(stale=stale) if not ordered_alerts(alerts, now) else None
 
 
 def alert_lines(alerts: tuple[AlertState, ...], now: datetime, *, stale: bool) -> list[Content]:
@@ -157,14 +168,13 @@ class AlertsPanel(QuietBorderTitle, Vertical):
         self.border_title = "alerts"
         self.plain_text = ""
         """The panel as shown (plain text), for tests."""
-        self._shown: tuple[str, bool] = ("", False)
+        self._shown: tuple[str, bool, int] = ("", False, 0)
         self._reserved = 0
         self._last_full: datetime | None = None
 
     def compose(self) -> ComposeResult:
         """The alerts (what, timer) and the summary line."""
-        with Horizontal(classes="alerts--rows") as rows:
-            rows.display = False
+        with Horizontal(classes="alerts--rows"):
             yield QuietStatic(classes="alerts--what")
             yield QuietStatic(classes="alerts--timer")
         yield QuietStatic(
@@ -198,16 +208,22 @@ class AlertsPanel(QuietBorderTitle, Vertical):
     def show(self, alerts: tuple[AlertState, ...], now: datetime, *, stale: bool) -> None:
         """Show a snapshot's alerts.
 
+        The rows keep their number of lines (blank ones below the alerts) and the
+        line on the rules without data keeps its place at the bottom, so alerts
+        coming and going change cells, not the panel's layout.
+
         Args:
             alerts: The snapshot's alert states.
             now: The current time (the timers count up to it).
             stale: The snapshot is older than its allowed age.
         """
         what, timers = alert_columns(alerts, now, stale=stale)
-        summary = summary_line(alerts, now, stale=stale)
+        unknown = unknown_line(alerts, stale=stale)
+        if not what and unknown is None:
+            what, timers = [none_line(stale=stale)], [Content("")]
         plain = "\n".join(
-            [f"{w.plain} {t.plain}" for w, t in zip(what, timers, strict=True)]
-            + ([summary.plain] if summary is not None else [])
+            [f"{w.plain} {t.plain}".rstrip() for w, t in zip(what, timers, strict=True)]
+            + ([unknown.plain] if unknown is not None else [])
         )
         firing = sum(1 for a in alerts if a.phase.value == "firing")
         pending = sum(1 for a in alerts if a.phase.value == "pending")
@@ -216,18 +232,17 @@ class AlertsPanel(QuietBorderTitle, Vertical):
             title += " · ◌ stale"
         set_level_class(self, Level.STALE if stale else None)
         self.set_border_title(title)
-        self._reserve(len(what) + (summary is not None), now)
-        if (plain, stale) == self._shown:
+        self._reserve(len(what) + 1, now)
+        if (plain, stale, self._reserved) == self._shown:
             return
-        self._shown = (plain, stale)
+        self._shown = (plain, stale, self._reserved)
         self.plain_text = plain
-        rows = self.query_one(".alerts--rows", Horizontal)
-        rows.display = bool(what)
-        if what:
-            self.query_one(".alerts--what", QuietStatic).show_content(Content("\n").join(what))
-            # Only the digits that moved travel: the timer column starts where they do.
-            self.query_one(".alerts--timer", QuietStatic).show_content(Content("\n").join(timers))
-        line = self.query_one(".alerts--summary", QuietStatic)
-        line.display = summary is not None
-        if summary is not None:
-            line.show_content(summary)
+        blank = [Content("")] * (max(len(what), self._reserved - 1) - len(what))
+        self.query_one(".alerts--what", QuietStatic).show_content(
+            Content("\n").join([*what, *blank])
+        )
+        # Only the digits that moved travel: the timer column starts where they do.
+        self.query_one(".alerts--timer", QuietStatic).show_content(
+            Content("\n").join([*timers, *blank])
+        )
+        self.query_one(".alerts--summary", QuietStatic).show_content(unknown or Content(""))

@@ -44,8 +44,9 @@ from textual.widgets import Static
 SETTLE_S = 5.0
 """A number that only wobbles is repainted at most this often (seconds of data time)."""
 
-SETTLE_BAND = 0.2
-"""... unless it moved by more than this fraction of itself."""
+SETTLE_FACTOR = 2.0
+"""... unless it moved by more than this factor (a probe's round trip on a busy host halves
+and doubles from one second to the next; an order of magnitude is what a reader acts on)."""
 
 Cell = tuple[str, Style | None]
 """One terminal cell: its character ("" for the right half of a wide one) and style."""
@@ -54,10 +55,10 @@ Cell = tuple[str, Style | None]
 def wobbles(shown: float, new: float, age_s: float) -> bool:
     """Whether ``new`` only wobbles around the ``shown`` number, which may stay on screen.
 
-    A secondary number (a probe's round trip) that moves by a few percent every
-    second is noise to a reader and a line of output to a slow link; it is kept
-    while it stays within :data:`SETTLE_BAND` of what is shown and what is shown
-    is younger than :data:`SETTLE_S`. A real move, and every state, shows at once.
+    A secondary number (a probe's round trip) that jitters every second is noise
+    to a reader and a line of output to a slow link; it is kept while it stays
+    within :data:`SETTLE_FACTOR` of what is shown and what is shown is younger
+    than :data:`SETTLE_S`. A real move, and every state, shows at once.
 
     Args:
         shown: The number on screen.
@@ -66,7 +67,8 @@ def wobbles(shown: float, new: float, age_s: float) -> bool:
     """
     if age_s >= SETTLE_S or age_s < 0:
         return False
-    return abs(new - shown) <= SETTLE_BAND * max(abs(shown), abs(new))
+    low, high = sorted((abs(shown), abs(new)))
+    return high <= SETTLE_FACTOR * low and (shown >= 0) == (new >= 0)
 
 
 def strip_cells(strip: Strip) -> list[Cell]:
