@@ -688,8 +688,15 @@ class ConsoleApp(App[int]):
             phase=self._deployment[1],
             error=self._error,
         )
-        with self.batch_update():
-            dashboard.show(self._latest, state)
+        from textual.css.query import NoMatches
+
+        try:
+            with self.batch_update():
+                dashboard.show(self._latest, state)
+        except NoMatches:
+            # The dashboard's widgets are being torn down (shutdown) or not composed yet:
+            # nothing to draw into; the next tick draws when they are there.
+            return
         if self._latest is not None:
             self.rendered_sequence = self._latest.sequence
 
