@@ -36,7 +36,11 @@ class _ConfiguredRedis(RedisServer):
     """A RedisServer with extra redis.conf lines (cluster mode, replicaof)."""
 
     def __init__(self, workdir: Path, extra: list[str]) -> None:
-        super().__init__(workdir)
+        port = None
+        if any(line.startswith("cluster-enabled yes") for line in extra):
+            # A cluster node also listens on port + 10000, so its port must be <= 55535.
+            port = next(p for p in iter(free_port, None) if p <= 55535)
+        super().__init__(workdir, port=port)
         self._extra = extra
 
     def _prepare(self) -> None:
