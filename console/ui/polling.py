@@ -81,7 +81,9 @@ class SweepLoop:
         name_os_thread(self.name)
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
-        # Let cancelled tasks finish their cleanup before the loop closes.
+        # Run the callbacks queued before the stop (a submit's task is created by one), so
+        # no submitted coroutine is left never awaited; then let the cancelled tasks clean up.
+        self._loop.run_until_complete(asyncio.sleep(0))
         pending = asyncio.all_tasks(self._loop)
         for task in pending:
             task.cancel()
@@ -95,8 +97,19 @@ class SweepLoop:
         return self._thread.is_alive()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        """Run a coroutine on the loop; returns a thread-safe future."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        """Run a coroutine on the loop; returns a thread-safe future.
+
+        Raises:
+            RuntimeError: The loop has stopped (the coroutine is closed, not left pending).
+        """
+        if self._loop.is_closed() or not self._thread.is_alive():
+            coro.close()
+            raise RuntimeError(f"{self.name} has stopped")
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:
+            coro.close()
+            raise
 
     def call(self, func: Callable[[], T]) -> Future[T]:
         """Run a plain callable on the loop's thread (e.g. a source factory)."""
