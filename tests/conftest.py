@@ -386,3 +386,21 @@ def fresh_pg_cluster(_made: _Made) -> Callable[[], PostgresCluster]:
 def start_engine() -> Callable[[Callable[[], T]], T]:
     """The missing-binary policy as a fixture, for tests that build engines themselves."""
     return engine_or_report
+
+
+@pytest.fixture(autouse=True)
+def _record_notifications(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every notification an App shows (see ``pilot_support.notes_seen``).
+
+    A notification leaves ``App._notifications`` when its timeout passes; on a slow machine
+    that can happen before the test looks, so the tests read this record instead.
+    """
+    from textual.app import App
+
+    original = App.notify
+
+    def notify(self: App[Any], message: str, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.setdefault("_notes_seen", []).append(str(message))
+        original(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(App, "notify", notify)

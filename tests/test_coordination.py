@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -109,12 +110,19 @@ async def consoles() -> AsyncIterator[Consoles]:
         await made.close()
 
 
+T = TypeVar("T")
+
+
 class Relay:
     """A TCP relay to Redis that can be cut like a network partition.
 
     ``partition()`` keeps every connection open but forwards nothing (requests vanish, no
     reset comes back), as a cut cable would; ``heal()`` closes those dead connections and
     forwards again. The client under test talks to Redis only through the relay.
+
+    The relay runs its own event loop in a thread: the consoles under test share the test's
+    loop, and a relay on that loop would slow down with them on a loaded machine, turning a
+    healthy link into a partition the test did not make.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -123,13 +131,19 @@ class Relay:
         self.cut = False
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="relay", daemon=True)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
     async def start(self) -> Relay:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._thread.start()
+        self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", self.port))
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -158,17 +172,29 @@ class Relay:
     def partition(self) -> None:
         self.cut = True
 
-    def heal(self) -> None:
-        self.cut = False
+    async def _abort_all(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
 
-    async def close(self) -> None:
-        self.heal()
+    def heal(self) -> None:
+        self.cut = False
+        self._call(self._abort_all())
+
+    async def _shut(self) -> None:
+        await self._abort_all()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.cut = False
+        self._call(self._shut())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
 
 
 @pytest.fixture

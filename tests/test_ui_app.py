@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import ui_fixtures as fx
+from pilot_support import WAIT_S, notes_seen, wait_until
 
 from backends.models import ORCHESTRATORS, Environment, Snapshot
 from console.ui.app import ConsoleApp
@@ -23,17 +24,16 @@ from console.ui.ui_state import STATE_FILE
 from themes.themes import THEME_NAMES
 
 
-async def wait_for(pilot: Any, condition: Callable[[], bool], what: str, tries: int = 400) -> None:
-    """Let the app run until ``condition`` holds (no timing assertion: a bound on waiting)."""
-    for _ in range(tries):
-        if condition():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
+async def wait_for(
+    pilot: Any, condition: Callable[[], bool], what: str, seconds: float = WAIT_S
+) -> None:
+    """Let the app(s) run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
+    await wait_until(pilot, condition, what, seconds)
 
 
 def notifications(app: ConsoleApp) -> list[str]:
-    return [n.message for n in app._notifications]
+    """Every notification shown so far, expired ones included."""
+    return notes_seen(app)
 
 
 class MutableClock:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import ui_fixtures as fx
+from pilot_support import WAIT_S, notes_seen, wait_until
 from runbook_fixtures import Clock, snapshot
 from test_coordination import Relay
 from test_ui_rollback import set_green_50, traffic_through, weights
@@ -120,13 +121,11 @@ def console(tmp_path: Path, cfg: AppConfig, name: str, **kwargs: Any) -> Console
 # --- waiting and looking --------------------------------------------------------------------
 
 
-async def until(pilot: Any, condition: Callable[[], bool], what: str, tries: int = TRIES) -> None:
-    """Let both apps run until ``condition`` holds."""
-    for _ in range(tries):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
+async def until(
+    pilot: Any, condition: Callable[[], bool], what: str, seconds: float = WAIT_S
+) -> None:
+    """Let the app(s) run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
+    await wait_until(pilot, condition, what, seconds)
 
 
 async def started(pilot: Any, app: ConsoleApp) -> None:
@@ -150,7 +149,8 @@ def lease_text(app: ConsoleApp) -> str:
 
 
 def notes(app: ConsoleApp) -> list[str]:
-    return [n.message for n in app._notifications]
+    """Every notification shown so far, expired ones included."""
+    return notes_seen(app)
 
 
 def keys(app: ConsoleApp) -> set[str]:
@@ -546,7 +546,6 @@ async def test_break_glass_from_a_console_without_the_lead_rolls_back_with_its_i
                 pb,
                 lambda: len(b.rollback.results) == 1 and b.rollback.phase is RollbackPhase.IDLE,
                 "the rollback to end",
-                tries=3000,
             )
             result = b.rollback.results[0]
             assert weights(proxy) == (256, 0)
@@ -707,7 +706,6 @@ async def _four_eyes(tmp_path: Path, redis_server: RedisServer, proxy: HAProxy) 
                 pa,
                 lambda: session.record("switch-100").state is StepState.PASSED,
                 "the 100 % switch",
-                tries=1500,
             )
             assert weights(proxy) == (0, 256)
             assert session.record("switch-100").approved_by == BOB

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import ui_fixtures as fx
+from pilot_support import WAIT_S, notes_seen, wait_until
 
 from backends.models import (
     ComplianceCheck,
@@ -80,26 +81,21 @@ HASH = fx.HASH
 AUTH = {"Authorization": "Bearer test", "X-Constitutional-Hash": HASH}
 FALLBACK = "Set acgs/green to weight 0 by hand on lb-1, then page the SRE lead (test text)."
 OPERATOR = "test-operator"
-WAIT_TRIES = 3000
-"""A bound on waiting (0.01 s each), not a timing assertion."""
 
 
 # --- helpers ------------------------------------------------------------------------------
 
 
 async def wait_for(
-    pilot: Any, condition: Callable[[], bool], what: str, tries: int = WAIT_TRIES
+    pilot: Any, condition: Callable[[], bool], what: str, seconds: float = WAIT_S
 ) -> None:
-    """Let the app run until ``condition`` holds."""
-    for _ in range(tries):
-        if condition():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
+    """Let the app(s) run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
+    await wait_until(pilot, condition, what, seconds)
 
 
 def notifications(app: ConsoleApp) -> list[str]:
-    return [n.message for n in app._notifications]
+    """Every notification shown so far, expired ones included."""
+    return notes_seen(app)
 
 
 def closed_port() -> int:
@@ -653,8 +649,9 @@ async def test_the_rollback_screen_shows_f9_and_back_in_its_footer_and_help(
 async def test_a_failing_switch_is_loud_even_with_the_rollback_screen_hidden(
     tmp_path: Path,
 ) -> None:
-    # No load balancer at all; a long backoff leaves time to hide the screen first.
-    cfg = offline_config(tmp_path, retries=1, retry_backoff_s=1.0, manual_fallback=FALLBACK)
+    # No load balancer at all; a long backoff leaves time to hide the screen before the
+    # switch gives up (hiding it after a failed attempt also says so at once).
+    cfg = offline_config(tmp_path, retries=1, retry_backoff_s=2.0, manual_fallback=FALLBACK)
     app = make_console(tmp_path, cfg, LiveSource(healthy_blue))
     async with app.run_test(size=(120, 40)) as pilot:
         await first_sweep(pilot, app)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import ui_fixtures as fx
+from pilot_support import WAIT_S, wait_until
 from runbook_fixtures import QUIET, Clock, alert, snapshot
 from ui_runbook_fixtures import NOTE, degraded_green, make_session, ui_config, walk_to
 from walk_fixtures import python_argv, weights
@@ -32,13 +33,11 @@ SIZES = [(80, 24), (120, 40)]
 SKIP_REASON = "no dependency audit tool at this site yet"
 
 
-async def wait_for(pilot: Any, condition: Callable[[], bool], what: str, tries: int = 500) -> None:
-    """Let the app run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
-    for _ in range(tries):
-        if condition():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
+async def wait_for(
+    pilot: Any, condition: Callable[[], bool], what: str, seconds: float = WAIT_S
+) -> None:
+    """Let the app(s) run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
+    await wait_until(pilot, condition, what, seconds)
 
 
 async def type_text(pilot: Any, text: str) -> None:
@@ -266,7 +265,7 @@ async def test_command_output_streams_into_the_log_and_can_be_cancelled(tmp_path
         assert str(screen.query_one("#gate-continue").label) == "Run command"
         await pilot.press("c")
         log = screen.details.log_widget
-        await wait_for(pilot, lambda: log.line_count >= 3, "the output to stream", tries=1500)
+        await wait_for(pilot, lambda: log.line_count >= 3, "the output to stream")
         assert "validation batch 2 ok" in "\n".join(log.lines)
         assert session.record("pre-validation-runner").state is StepState.RUNNING
         assert screen.check_action("continue", ()) is None
@@ -277,7 +276,6 @@ async def test_command_output_streams_into_the_log_and_can_be_cancelled(tmp_path
             pilot,
             lambda: session.record("pre-validation-runner").state is StepState.FAILED,
             "the cancel",
-            tries=1500,
         )
     record = session.record("pre-validation-runner")
     assert record.evidence["cancelled"] is True

@@ -210,6 +210,7 @@ class RollbackScreen(Screen[None]):
     def action_hide(self) -> None:
         """Back to the screen underneath (a running rollback goes on)."""
         self.dismiss(None)
+        self.driver.hidden()
 
 
 # --- the confirmation -------------------------------------------------------------------------
@@ -767,12 +768,21 @@ class RollbackDriver:
         )
         if failed and changed and not isinstance(self.app.screen, RollbackScreen):
             # The operator hid the rollback screen: a failing switch must still be loud.
-            self.app.notify(
-                f"Rollback: {view.headline()[1]}. The rollback key shows it.",
-                title="rollback",
-                severity="error",
-                timeout=30,
-            )
+            self._say_failing(view)
+
+    def hidden(self) -> None:
+        """The operator hid the rollback screen: if its switch is failing, keep saying so."""
+        view = self.view
+        if view is not None and view.result is None and (view.attempts or view.fallback):
+            self._say_failing(view)
+
+    def _say_failing(self, view: RollbackView) -> None:
+        self.app.notify(
+            f"Rollback: {view.headline()[1]}. The rollback key shows it.",
+            title="rollback",
+            severity="error",
+            timeout=30,
+        )
 
     def _show_once(self, view: RollbackView) -> None:
         # The screen comes up once per rollback; hidden with escape, it stays hidden

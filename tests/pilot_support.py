@@ -1,0 +1,38 @@
+"""Waiting on Pilot-driven apps, and the notifications they showed.
+
+Both are bounded by wall-clock time, not by a count of pauses: on a loaded CI machine a
+``pilot.pause(0.01)`` can take far longer than asked, and a notification's own timeout can
+remove it from the screen before the test looks. Neither is a timing assertion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+WAIT_S = 45.0
+"""How long a test waits for a condition before it fails (a bound, not a target)."""
+
+
+async def wait_until(
+    pilot: Any,
+    condition: Callable[[], bool],
+    what: str,
+    seconds: float = WAIT_S,
+    step_s: float = 0.02,
+) -> None:
+    """Let the app(s) run until ``condition`` holds; fail naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} ({seconds:g} s)")
+        await pilot.pause(step_s)
+
+
+def notes_seen(app: Any) -> list[str]:
+    """Every notification the app has shown, in order, expired ones included.
+
+    Recorded by the ``_record_notifications`` fixture in ``conftest.py``.
+    """
+    return list(app.__dict__.get("_notes_seen", ()))
