@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -149,9 +150,8 @@ async def test_a_running_command_is_saved_running_and_resumes_as_interrupted(
     session.observe(snapshot(clock.now))
     lines: list[str] = []
     task = asyncio.create_task(session.proceed(on_output=lines.append))
-    for _ in range(500):
-        if lines:
-            break
+    deadline = time.monotonic() + 30  # a bound on waiting, not a timing assertion
+    while not lines and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert lines == ["started"]
     # While the command runs, the chain already says so: a console killed now resumes here.
@@ -238,10 +238,8 @@ async def test_four_eyes_gates_wait_for_a_second_operator(tmp_path: Path) -> Non
         session.approver = coordinator_approver(alice, timeout_s=10)
         assert session.gate_view().open
         task = asyncio.create_task(session.proceed())
-        for _ in range(500):
-            pending = await bob.pending_approvals()
-            if pending:
-                break
+        deadline = time.monotonic() + 30
+        while not (pending := await bob.pending_approvals()) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert [p.gate for p in pending] == ["pre-verify-hash"]
         await bob.approve("pre-verify-hash", pending[0].request_id)
@@ -413,7 +411,8 @@ async def test_sigkill_mid_phase_then_resume_exactly_there(tmp_path: Path, proxy
     # And on from there: the window again, then 50 %.
     session.observe(snapshot(utcnow(), green_percentage=split.green_percentage))
     await session.proceed()
-    for _ in range(40):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         session.observe(snapshot(utcnow(), green_percentage=split.green_percentage))
         if session.record("monitor-10").state is not StepState.RUNNING:
             break
