@@ -238,3 +238,19 @@ def test_validate_command_against_a_config(
     )
     assert validate_command(None, str(config)) == 0
     assert f"checked against {config}" in capsys.readouterr().out
+
+
+def test_alert_scope_serving_is_validated_like_the_rest() -> None:
+    shipped = '{ no_alerts_firing = true, severity = "critical", environment = "serving", '
+    assert shipped in DEFAULT  # the shipped zero-downtime check uses it
+    (problem,) = problems_of(DEFAULT.replace(shipped, shipped.replace("serving", "servng"), 1))
+    assert problem == (
+        "procedures[0](deployment).phases[4](success-criteria).steps[0](success-zero-downtime)"
+        ".checks[1].environment | Input should be 'blue', 'green', 'both' or 'serving' | "
+        "'servng' | use 'blue', 'green', 'both' or 'serving'"
+    )
+    # Only the alert check knows "serving": a metric belongs to one environment or both.
+    metric = '{ metric = "p99_latency_ms", environment = "green", op = "<", threshold'
+    assert metric in DEFAULT
+    (problem,) = problems_of(DEFAULT.replace(metric, metric.replace('"green"', '"serving"'), 1))
+    assert ".environment | Input should be 'blue', 'green' or 'both' | 'serving'" in problem

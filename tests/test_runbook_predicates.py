@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
-from runbook_fixtures import T0, alert, env_snapshot, snapshot
+from runbook_fixtures import QUIET, T0, Clock, alert, env_snapshot, make_config, snapshot
 
 from backends.models import (
     AlertPhase,
     AlertSeverity,
+    AlertState,
     ComplianceCheck,
     ComplianceResult,
     HashVerdict,
@@ -23,11 +24,17 @@ from backends.models import (
     Snapshot,
 )
 from console.config import Thresholds
+from console.runbook.engine import RunbookEngine
+from console.runbook.loader import load_runbook, parse_runbook
 from console.runbook.predicates import (
+    AlertHistory,
+    AlertsCheck,
     EvaluationContext,
     FiredAlert,
+    Outcome,
     Predicate,
     Verdict,
+    WatchSpan,
 )
 
 PRED: TypeAdapter[Any] = TypeAdapter(Predicate)
@@ -212,11 +219,20 @@ def test_alerts_now_and_during_the_phase() -> None:
         phase_id="phase-2",
         first_seen=T0 - timedelta(seconds=60),
     )
+    history = AlertHistory(
+        procedure_started_at=T0 - timedelta(seconds=300),
+        phase_started_at=T0 - timedelta(seconds=30),
+        watched=(WatchSpan(start=T0 - timedelta(seconds=301), end=T0),),
+        fired=(earlier,),
+    )
     during = {"no_alerts_firing": True, "during": "phase"}
-    assert judge(during, snapshot(T0), fired=(earlier,), phase_id="phase-2") == [(None, F)]
-    assert judge(during, snapshot(T0), fired=(earlier,), phase_id="phase-3") == [(None, P)]
+    assert judge(during, snapshot(T0), history=history, phase_id="phase-2") == [(None, F)]
+    assert judge(during, snapshot(T0), history=history, phase_id="phase-3") == [(None, P)]
     whole = {"no_alerts_firing": True, "during": "procedure"}
-    assert judge(whole, snapshot(T0), fired=(earlier,), phase_id="phase-3") == [(None, F)]
+    assert judge(whole, snapshot(T0), history=history, phase_id="phase-3") == [(None, F)]
+    # No history kept: nothing can be said about the phase or the procedure.
+    assert judge(during, snapshot(T0), phase_id="phase-3") == [(None, U)]
+    assert judge(whole, snapshot(T0), phase_id="phase-3") == [(None, U)]
 
 
 def test_monitoring_reporting() -> None:
@@ -252,3 +268,188 @@ def test_no_increase_against_the_baseline() -> None:
     assert judge(table, same) == [("green", U)]
     blind = snapshot(T0, blue=env_snapshot("blue", metric_values={"error_rate": None}))
     assert judge(table, same, baseline=blind) == [("green", U)]
+
+
+# --- "zero downtime": alerts of the environment that carried traffic -----------------------
+
+ZERO_TABLE = {
+    "no_alerts_firing": True,
+    "severity": "critical",
+    "environment": "serving",
+    "during": "procedure",
+}
+
+ZERO_RUNBOOK = """
+title = "Zero downtime"
+version = "0.1"
+constitutional_hash = "cdd01ef066bc6cf2"
+
+[[procedures]]
+id = "deployment"
+title = "Deployment"
+source = "## Deployment"
+
+[[procedures.phases]]
+id = "success-criteria"
+title = "Success criteria"
+source = "## Success Criteria Validation"
+
+[[procedures.phases.steps]]
+id = "sign"
+kind = "attestation"
+title = "Sign"
+section = "Deployment Success Criteria"
+source = "- [ ] Zero-downtime deployment completed"
+"""
+
+
+def shipped_zero_downtime() -> Any:
+    """The alert predicate of the shipped runbook's zero-downtime step."""
+    _, _, step = load_runbook().locate("success-zero-downtime")
+    [pred] = [c for c in step.checks if isinstance(c, AlertsCheck)]
+    assert (pred.environment, pred.severity, pred.during) == ("serving", "critical", "procedure")
+    return pred
+
+
+def firing(rule: str, environment: str | None, since: datetime) -> AlertState:
+    name = {"blue": "Service Unavailable", "green": "Error Rate", None: "Audit Trail Corruption"}
+    rule_id = f"{rule}/{environment}"
+    return alert(
+        rule_id, name=name[environment], environment=environment, phase=AlertPhase.FIRING, at=since
+    )
+
+
+def blind(rule: str, environment: str) -> AlertState:
+    return alert(f"{rule}/{environment}", name="P99 Latency", environment=environment, unknown=True)
+
+
+class Deployment:
+    """A real runbook engine fed one snapshot a second, as the console feeds it."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.runbook = parse_runbook(ZERO_RUNBOOK, "zero.toml")
+        self.config = make_config()
+        self.engine = RunbookEngine.start(self.runbook, self.config, "alice", clock=self.clock)
+
+    def run(
+        self,
+        seconds: int,
+        green: float | None,
+        *extra: AlertState,
+        blue_down: bool = False,
+    ) -> None:
+        blue = env_snapshot("blue", state=ServiceState.DOWN) if blue_down else None
+        for _ in range(seconds):
+            self.clock.advance(1)
+            self.engine.observe(
+                snapshot(self.clock.now, green_percentage=green, alerts=(*QUIET, *extra), blue=blue)
+            )
+
+    def judge(self, pred: Any = None) -> Outcome:
+        [outcome] = (pred or shipped_zero_downtime()).evaluate(self.engine.context())
+        return outcome
+
+
+def migrate(d: Deployment) -> None:
+    """0 % -> 10 % -> 50 % -> 100 % green, ten quiet seconds each."""
+    for green in (0.0, 10.15625, 50.0, 100.0):
+        d.run(10, green)
+
+
+def test_blue_alerts_after_it_stopped_taking_traffic_do_not_count() -> None:
+    d = Deployment()
+    migrate(d)
+    # Step 3.1: blue's planned shutdown; its critical alerts fire, its rules go blind.
+    d.run(20, 100.0, firing("down", "blue", d.clock.now), blind("p99", "blue"), blue_down=True)
+    outcome = d.judge()
+    assert outcome.verdict is P, outcome
+    assert "not counted: Service Unavailable (blue)" in outcome.detail
+    assert "while blue takes no traffic" in outcome.detail
+    # The same history judged on both environments fails: the check is not vacuous.
+    both = PRED.validate_python({**ZERO_TABLE, "environment": "both"})
+    assert d.judge(both).verdict is F
+    # An alert of no environment (the audit chain) always counts.
+    d.run(2, 100.0, firing("audit", None, d.clock.now))
+    d.run(2, 100.0)
+    outcome = d.judge()
+    assert outcome.verdict is F and "Audit Trail Corruption (all) fired at" in outcome.detail
+
+
+def test_a_critical_alert_on_green_while_it_serves_fails() -> None:
+    d = Deployment()
+    d.run(10, 0.0)
+    d.run(5, 10.15625)
+    d.run(3, 10.15625, firing("errors", "green", d.clock.now))  # green at 10 %
+    d.run(5, 10.15625)  # it cleared
+    d.run(10, 100.0)
+    outcome = d.judge()
+    assert outcome.verdict is F
+    assert "Error Rate (green) fired at" in outcome.detail
+    # The same alert while green took no traffic yet (smoke testing) does not count.
+    early = Deployment()
+    early.run(5, 0.0)
+    early.run(3, 0.0, firing("errors", "green", early.clock.now))
+    early.run(5, 0.0)
+    migrate(early)
+    outcome = early.judge()
+    assert outcome.verdict is P and "Error Rate (green)" in outcome.detail
+
+
+def test_a_critical_alert_on_blue_while_blue_serves_fails() -> None:
+    for share in (0.0, 50.0):
+        d = Deployment()
+        d.run(5, share)
+        d.run(3, share, firing("down", "blue", d.clock.now))  # blue still takes traffic
+        d.run(5, share)
+        d.run(10, 100.0)
+        outcome = d.judge()
+        assert outcome.verdict is F, (share, outcome)
+        assert "Service Unavailable (blue) fired at" in outcome.detail
+    # Its condition began while blue had half the traffic; it fired after the switch.
+    d = Deployment()
+    d.run(5, 50.0)
+    began = d.clock.now
+    d.run(5, 100.0)
+    d.run(3, 100.0, firing("down", "blue", began))
+    outcome = d.judge()
+    assert outcome.verdict is F and "Service Unavailable (blue)" in outcome.detail
+
+
+def test_without_alert_history_zero_downtime_is_unknown() -> None:
+    # No history kept at all.
+    assert judge(ZERO_TABLE, snapshot(T0)) == [(None, U)]
+    # The console did not see the alert rules for a minute (it was not running).
+    d = Deployment()
+    d.run(10, 0.0)
+    d.clock.advance(60)
+    d.run(10, 100.0)
+    outcome = d.judge()
+    assert outcome.verdict is U and "alert rules not seen from" in outcome.detail
+    # Killed and resumed: the stretch it was down is unwatched, the check is unknown.
+    d = Deployment()
+    migrate(d)
+    saved = d.engine.to_dict()
+    d.clock.advance(60)
+    d.engine = RunbookEngine.restore(saved, d.runbook, d.config, "alice", clock=d.clock)
+    d.run(10, 100.0)
+    assert d.judge().verdict is U
+    # Blue's alert fired while the split could not be read back: did blue serve? Unknown.
+    d = Deployment()
+    d.run(10, 100.0)
+    d.run(3, None, firing("down", "blue", d.clock.now + timedelta(seconds=1)))
+    d.run(5, 100.0)
+    outcome = d.judge()
+    assert outcome.verdict is U and "when the traffic split was unknown" in outcome.detail
+    # A rule of the serving environment without data for longer than stale_after_s (5 s).
+    d = Deployment()
+    d.run(10, 100.0)
+    d.run(8, 100.0, blind("p99", "green"))
+    d.run(5, 100.0)
+    outcome = d.judge()
+    assert outcome.verdict is U and "P99 Latency (green) had no data for 8 s" in outcome.detail
+    # A blind moment (the first sweep after the console started) is tolerated, like a gap.
+    d = Deployment()
+    d.run(2, 0.0, blind("p99", "blue"))
+    migrate(d)
+    assert d.judge().verdict is P

@@ -43,7 +43,14 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from backends.models import AlertSeverity, MetricValue, Snapshot, TrafficSplit, utcnow
+from backends.models import (
+    AlertPhase,
+    AlertSeverity,
+    MetricValue,
+    Snapshot,
+    TrafficSplit,
+    utcnow,
+)
 from backends.traffic import TrafficSwitch, TrafficSwitchError
 from console.config import AppConfig, CommandSpec
 from console.runbook.model import (
@@ -60,11 +67,16 @@ from console.runbook.model import (
     TrafficStep,
 )
 from console.runbook.predicates import (
+    AlertHistory,
+    BlindStretch,
     EvaluationContext,
     FiredAlert,
     Outcome,
     SecurityInputs,
+    TrafficMark,
     Verdict,
+    WatchSpan,
+    served_between,
 )
 
 OUTPUT_TAIL_LINES = 200
@@ -222,6 +234,12 @@ class EngineState(BaseModel):
     phase_finished: dict[str, datetime] = {}
     baseline: Snapshot | None = None
     fired: list[FiredAlert] = []
+    blind: list[BlindStretch] = []
+    """When alert rules had no data (they could not say whether they fired)."""
+    watched: list[WatchSpan] = []
+    """When snapshots showed the alert rules (a stretch between two spans went unwatched)."""
+    traffic_seen: list[TrafficMark] = []
+    """The split read back from the load balancer, each value from its time on."""
     monitor: MonitorWindow | None = None
     rollback_offered: bool = False
     rollback_reason: str = ""
@@ -719,7 +737,14 @@ class RunbookEngine:
             ),
             step_states={k: v.state.value for k, v in self.state.steps.items()},
             baseline=self.state.baseline,
-            fired=tuple(self.state.fired),
+            history=AlertHistory(
+                procedure_started_at=self.state.started_at,
+                phase_started_at=self.state.phase_started.get(cur[0].id) if cur else None,
+                watched=tuple(self.state.watched),
+                traffic=tuple(self.state.traffic_seen),
+                fired=tuple(self.state.fired),
+                blind=tuple(self.state.blind),
+            ),
             phase_id=cur[0].id if cur else None,
         )
 
@@ -1233,6 +1258,9 @@ class RunbookEngine:
             )
             return record
         readback = await self._traffic.read_split()
+        for s in (split, readback):
+            if s.green_percentage is not None and not s.stale:
+                self._note_traffic(s.read_at, s.green_percentage)
         evidence["set_read_back"] = split.model_dump(mode="json")
         evidence["read_back"] = readback.model_dump(mode="json")
         problems = []
@@ -1260,6 +1288,8 @@ class RunbookEngine:
         if self._traffic is None:
             raise EngineError("no traffic switch is connected to the runbook engine")
         split = await self._traffic.read_split()
+        if split.green_percentage is not None and not split.stale:
+            self._note_traffic(split.read_at, split.green_percentage)
         self._emit("traffic.read_back", operator, split=split.model_dump(mode="json"))
         return split
 
@@ -1331,27 +1361,112 @@ class RunbookEngine:
         self._latest = snapshot
         if self.finished:
             return
-        cur = self.current()
-        phase_id = cur[0].id if cur else ""
-        for a in snapshot.firing:
-            env = a.environment.value if a.environment else None
-            if not any(
-                f.rule_id == a.rule_id and f.environment == env and f.phase_id == phase_id
-                for f in self.state.fired
-            ):
-                self.state.fired.append(
-                    FiredAlert(
-                        rule_id=a.rule_id,
-                        name=a.name,
-                        severity=a.severity.value,
-                        environment=env,
-                        phase_id=phase_id,
-                        first_seen=snapshot.taken_at,
-                    )
-                )
+        self._note_alerts(snapshot)
         if self.state.monitor is not None:
             self._feed_window(snapshot)
         self.tick()
+
+    def _note_traffic(self, at: datetime, green_percentage: float | None) -> None:
+        """Keep the split read back at ``at`` (only where it changes what was in force)."""
+        marks = self.state.traffic_seen
+        i = len(marks)
+        while i > 0 and marks[i - 1].at > at:
+            i -= 1
+        if i > 0 and marks[i - 1].green_percentage == green_percentage:
+            return
+        marks.insert(i, TrafficMark(at=at, green_percentage=green_percentage))
+
+    def _note_alerts(self, snapshot: Snapshot) -> None:
+        """The alert history: what was watched when, the split, alerts firing, rules blind."""
+        split = snapshot.traffic
+        known = None if split.stale else split.green_percentage
+        self._note_traffic(split.read_at if known is not None else snapshot.taken_at, known)
+        if not snapshot.alerts:
+            return  # no rule states: this snapshot watched nothing
+        allowed = self.config.thresholds.stale_after_s
+        spans = self.state.watched
+        if spans and (snapshot.taken_at - spans[-1].end).total_seconds() <= allowed:
+            spans[-1].end = max(spans[-1].end, snapshot.taken_at)
+        else:
+            spans.append(WatchSpan(start=snapshot.taken_at, end=snapshot.taken_at))
+        cur = self.current()
+        phase_id = cur[0].id if cur else ""
+        at = snapshot.taken_at
+        # The sweep's own read of the split is in force for its alert states.
+        mark_at = split.read_at if known is not None else at
+        end = max(at, mark_at)
+        blind_now: set[tuple[str, str | None, bool | None]] = set()
+        for a in snapshot.alerts:
+            firing = a.phase is AlertPhase.FIRING
+            if not firing and not a.unknown:
+                continue
+            env = a.environment.value if a.environment else None
+            serving = (
+                None
+                if env is None
+                else served_between(env, self.state.traffic_seen, a.active_since or mark_at, end)
+            )
+            if not firing:
+                blind_now.add((a.rule_id, env, serving))
+                self._note_blind(a.rule_id, a.name, a.severity.value, env, serving, phase_id, at)
+                continue
+            if any(
+                f.rule_id == a.rule_id
+                and f.environment == env
+                and f.phase_id == phase_id
+                and f.serving == serving
+                for f in self.state.fired
+            ):
+                continue
+            self.state.fired.append(
+                FiredAlert(
+                    rule_id=a.rule_id,
+                    name=a.name,
+                    severity=a.severity.value,
+                    environment=env,
+                    phase_id=phase_id,
+                    first_seen=snapshot.taken_at,
+                    active_since=a.active_since,
+                    serving=serving,
+                )
+            )
+
+        for b in self.state.blind:
+            if b.end is None and (b.rule_id, b.environment, b.serving) not in blind_now:
+                b.end = at  # it has data again (or is now judged under another split)
+
+    def _note_blind(
+        self,
+        rule_id: str,
+        name: str,
+        severity: str,
+        environment: str | None,
+        serving: bool | None,
+        phase_id: str,
+        at: datetime,
+    ) -> None:
+        """A rule without data in this snapshot: go on with its stretch, or begin one."""
+        allowed = self.config.thresholds.stale_after_s
+        for b in reversed(self.state.blind):
+            if (b.rule_id, b.environment, b.serving) != (rule_id, environment, serving):
+                continue
+            if b.end is None or (at - b.end).total_seconds() <= allowed:
+                b.end = None
+                b.last_seen = max(b.last_seen, at)
+                return
+            break
+        self.state.blind.append(
+            BlindStretch(
+                rule_id=rule_id,
+                name=name,
+                severity=severity,
+                environment=environment,
+                serving=serving,
+                phase_id=phase_id,
+                start=at,
+                last_seen=at,
+            )
+        )
 
     def _feed_window(self, snapshot: Snapshot) -> None:
         w = self.state.monitor

@@ -68,7 +68,11 @@ def _readable_path(loc: tuple[str | int, ...], data: Any) -> str:
     """``procedures[0](deployment).phases[1](phase-1).steps[2](switch-10).field``."""
     out: list[str] = []
     cur: Any = data
-    for part in loc:
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and part in _TAGS and i > 0 and isinstance(loc[i - 1], int):
+            # The union tag pydantic puts right after a list item; for a check table it is
+            # also one of the table's keys, so it must not be taken for the field.
+            continue
         if isinstance(part, int) and isinstance(cur, list):
             item = cur[part] if 0 <= part < len(cur) else None
             label = f"[{part}]"

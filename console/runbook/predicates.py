@@ -12,6 +12,7 @@ follows from the one key that names it::
     { redis = "operational", environment = "both" }
     { traffic_green = "==", value = 0 }
     { no_alerts_firing = true, severity = "critical", during = "phase" }
+    { no_alerts_firing = true, severity = "critical", environment = "serving", during = "procedure" }
     { monitoring = "reporting", environment = "both" }
     { security = "vulnerabilities" }   # or "sbom", or "score" with op/threshold
     { step_passed = "smoke-tests-green", accept_attested = true }
@@ -44,6 +45,7 @@ from pydantic import (
 )
 
 from backends.models import (
+    AlertPhase,
     Environment,
     EnvironmentMetrics,
     EnvironmentSnapshot,
@@ -58,6 +60,9 @@ from console.runbook import security as sec
 
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 EnvScope = Literal["blue", "green", "both"]
+AlertScope = Literal["blue", "green", "both", "serving"]
+"""Whose alerts count: an environment, both, or ``serving``: the environment(s) that carried
+traffic (a share above 0 in the load balancer's read-back) when the alert was active."""
 MetricName = Literal[
     "p99_latency_ms",
     "requests_per_second",
@@ -134,7 +139,8 @@ class _Mk:
 
 
 class FiredAlert(BaseModel):
-    """An alert seen firing in some snapshot while a procedure ran."""
+    """An alert seen firing while a procedure ran: one record per rule, environment, phase
+    and ``serving``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -144,6 +150,134 @@ class FiredAlert(BaseModel):
     environment: str | None
     phase_id: str
     first_seen: datetime
+    active_since: datetime | None = None
+    """When the rule's condition began to hold (None: not given)."""
+    serving: bool | None = None
+    """Whether its environment carried traffic at some moment from ``active_since`` to
+    ``first_seen`` (load balancer read-back); None when the split was not known then, or
+    for a rule of no environment (which always counts)."""
+
+
+class BlindStretch(BaseModel):
+    """A stretch of time in which an alert rule had no data (it could not say if it fired).
+
+    Seen blind again within ``stale_after_s`` of its end, the same stretch goes on.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule_id: str
+    name: str
+    severity: str
+    environment: str | None
+    serving: bool | None
+    """As :attr:`FiredAlert.serving`, for the moments the rule was blind."""
+    phase_id: str
+    """The phase it began in."""
+    start: datetime
+    end: datetime | None = None
+    """The first snapshot after it in which the rule had data again (None: not yet)."""
+    last_seen: datetime
+    """The last snapshot in which the rule had no data."""
+
+    def length_within(self, start: datetime, end: datetime) -> float:
+        """Seconds of this stretch inside ``[start, end]``."""
+        lo = max(self.start, start)
+        hi = min(self.end or end, end)
+        return max(0.0, (hi - lo).total_seconds())
+
+
+class TrafficMark(BaseModel):
+    """The traffic split read back from the load balancer, from ``at`` until the next mark."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: datetime
+    green_percentage: float | None
+    """None: the split could not be read back (or only a stale value)."""
+
+
+class WatchSpan(BaseModel):
+    """A stretch of time in which the alert rules were seen, snapshot after snapshot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: datetime
+    end: datetime
+
+
+def serves(environment: str, green_percentage: float | None) -> bool | None:
+    """Whether ``environment`` takes a share of traffic (None: the split is unknown)."""
+    if green_percentage is None or not math.isfinite(green_percentage):
+        return None
+    share = green_percentage if environment == "green" else 100.0 - green_percentage
+    return share > 0.0
+
+
+def served_between(
+    environment: str, marks: Sequence[TrafficMark], start: datetime, end: datetime
+) -> bool | None:
+    """Whether ``environment`` carried traffic at any moment of ``[start, end]``.
+
+    ``marks`` (in time order) each hold until the next one. True as soon as one mark in
+    force during the interval gives it a share; otherwise None when part of the interval
+    is not covered by a known split (before the first mark, or a mark without a value),
+    False only when every moment is known to carry no traffic to it.
+    """
+    if end < start:
+        start, end = end, start
+    in_force: TrafficMark | None = None
+    during: list[TrafficMark] = []
+    for m in sorted(marks, key=lambda m: m.at):
+        if m.at <= start:
+            in_force = m
+        elif m.at <= end:
+            during.append(m)
+    verdicts = [None if in_force is None else serves(environment, in_force.green_percentage)]
+    verdicts += [serves(environment, m.green_percentage) for m in during]
+    if any(v is True for v in verdicts):
+        return True
+    return None if any(v is None for v in verdicts) else False
+
+
+def unwatched(
+    spans: Sequence[WatchSpan], start: datetime, end: datetime, allowed_s: float
+) -> list[tuple[datetime, datetime]]:
+    """The stretches of ``[start, end]`` longer than ``allowed_s`` that no span covers."""
+    gaps: list[tuple[datetime, datetime]] = []
+    cursor = start
+    for span in sorted(spans, key=lambda s: s.start):
+        if span.end <= cursor:
+            continue
+        if (span.start - cursor).total_seconds() > allowed_s:
+            gaps.append((cursor, span.start))
+        cursor = max(cursor, span.end)
+        if cursor >= end:
+            break
+    if (end - cursor).total_seconds() > allowed_s:
+        gaps.append((cursor, end))
+    return gaps
+
+
+@dataclass(frozen=True)
+class AlertHistory:
+    """What the engine saw of the alert rules since the procedure started.
+
+    A predicate judging a phase or the whole procedure needs it: without one, or with a
+    stretch of the period no snapshot covered, "no alert fired" is unknown, never a pass.
+    """
+
+    procedure_started_at: datetime
+    phase_started_at: datetime | None = None
+    """When the current phase started (None: not started)."""
+    watched: Sequence[WatchSpan] = ()
+    """When alert states were seen (a stretch between spans is unwatched)."""
+    traffic: Sequence[TrafficMark] = ()
+    """The split read back over time, in time order."""
+    fired: Sequence[FiredAlert] = ()
+    """Alerts seen firing."""
+    blind: Sequence[BlindStretch] = ()
+    """Rules without data, and for how long (longer than ``stale_after_s`` is unknown)."""
 
 
 @dataclass(frozen=True)
@@ -169,8 +303,8 @@ class EvaluationContext:
     """Step id -> state value (``passed``, ``attested``, ...) in the running procedure."""
     baseline: Snapshot | None = None
     """The snapshot taken when traffic first moved (the pre-migration baseline)."""
-    fired: Sequence[FiredAlert] = ()
-    """Alerts seen firing since the procedure started."""
+    history: AlertHistory | None = None
+    """Alerts seen since the procedure started (None: no history kept)."""
     phase_id: str | None = None
 
     @property
@@ -676,27 +810,48 @@ class TrafficCheck(_Predicate):
 
 
 class AlertsCheck(_Predicate):
-    """No alert firing now (or none fired during the phase / the procedure)."""
+    """No alert firing now (or none fired during the phase / the procedure).
+
+    ``environment = "serving"`` judges the environment(s) that carried traffic when an
+    alert was active, as the load balancer read it back: blue while it has a share, green
+    from its first share on. An alert of an environment that took no traffic then (blue
+    after the switch to 100 % green, during its planned shutdown) does not count and is
+    listed as such; one seen while the split was unknown makes the check unknown. Alerts
+    of no environment (the audit chain, security) always count.
+
+    ``during = "phase"``/``"procedure"`` needs the engine's :class:`AlertHistory`: without
+    it, or with a stretch of the period longer than ``stale_after_s`` in which no snapshot
+    showed the alert rules (the console was not running, the monitor stalled) or a rule in
+    scope had no data, the verdict is unknown, never a pass.
+    """
 
     TAG: ClassVar[str] = "no_alerts_firing"
     no_alerts_firing: Literal[True]
     severity: Literal["critical", "warning", "any"] = "any"
-    environment: EnvScope = "both"
+    environment: AlertScope = "both"
+    """``blue``, ``green``, ``both``, or ``serving`` (whichever carried traffic at the time)."""
     during: Literal["now", "phase", "procedure"] = "now"
     """``now``: the current snapshot; ``phase``/``procedure``: also any alert fired since then."""
 
     def describe(self) -> str:
         sev = "" if self.severity == "any" else f"{self.severity} "
         when = "" if self.during == "now" else f" during the {self.during}"
-        return f"no {sev}alerts firing ({self.environment}){when}"
+        where = "serving environment" if self.environment == "serving" else self.environment
+        return f"no {sev}alerts firing ({where}){when}"
 
     def _scope(self) -> list[str | None]:
         return [None]
 
-    def _relevant(self, severity: str, environment: str | None) -> bool:
-        if self.severity != "any" and severity != self.severity:
-            return False
-        return environment is None or self.environment in ("both", environment)
+    def _severity_ok(self, severity: str) -> bool:
+        return self.severity == "any" or severity == self.severity
+
+    def _counts(self, environment: str | None, serving: bool | None) -> bool | None:
+        """True: the alert counts; False: out of scope; None: cannot tell (split unknown)."""
+        if environment is None or self.environment == "both":
+            return True
+        if self.environment == "serving":
+            return serving
+        return self.environment == environment
 
     def _judge(self, ctx: EvaluationContext, snap: Snapshot) -> list[Outcome]:
         base = _Mk(check=self.describe(), threshold="none firing")
@@ -708,48 +863,132 @@ class AlertsCheck(_Predicate):
                     detail="the snapshot carries no alert states",
                 )
             ]
-        relevant = [
-            a
-            for a in snap.alerts
-            if self._relevant(a.severity.value, a.environment.value if a.environment else None)
-        ]
-        firing = [a for a in relevant if a.phase.value == "firing"]
-        earlier: list[FiredAlert] = []
+        hist = ctx.history
+        split = snap.traffic
+        known = None if split.stale else split.green_percentage
+        mark_at = split.read_at if known is not None else snap.taken_at
+        # The sweep's own read of the split is in force for its alert states.
+        marks = [*(hist.traffic if hist else ()), TrafficMark(at=mark_at, green_percentage=known)]
+        end = max(snap.taken_at, mark_at)
+
+        fails: list[str] = []
+        unsure: list[str] = []
+        ignored: list[str] = []
+        counted = 0
+        firing_keys: set[tuple[str, str | None]] = set()
+        for a in snap.alerts:
+            if not self._severity_ok(a.severity.value):
+                continue
+            env = a.environment.value if a.environment else None
+            serving = (
+                None
+                if env is None or self.environment != "serving"
+                else served_between(env, marks, a.active_since or mark_at, end)
+            )
+            counts = self._counts(env, serving)
+            firing = a.phase is AlertPhase.FIRING
+            label = f"{a.name} ({env or 'all'})"
+            if counts is False:
+                if firing:
+                    ignored.append(f"{label} firing while {env} takes no traffic")
+                continue
+            counted += 1
+            if firing:
+                firing_keys.add((a.rule_id, env))
+                if counts:
+                    fails.append(f"{label}: {a.summary}")
+                else:
+                    unsure.append(f"{label} firing; whether {env} takes traffic is unknown")
+            elif a.unknown:
+                unsure.append(f"{a.name}: {a.detail or 'input unknown'}")
+
         if self.during != "now":
-            earlier = [
-                f
-                for f in ctx.fired
-                if self._relevant(f.severity, f.environment)
-                and (self.during == "procedure" or f.phase_id == ctx.phase_id)
-            ]
-        if firing or earlier:
-            names = [
-                f"{a.name} ({a.environment.value if a.environment else 'all'}): {a.summary}"
-                for a in firing
-            ]
-            names += [
-                f"{f.name} ({f.environment or 'all'}) fired at {f.first_seen.isoformat()}"
-                for f in earlier
-                if not any(a.rule_id == f.rule_id for a in firing)
-            ]
+            self._judge_history(ctx, snap, fails, unsure, ignored, firing_keys)
+
+        if fails:
             return [
                 base(
                     verdict=Verdict.FAIL,
-                    measured=f"{len(names)} firing/fired",
-                    value=float(len(names)),
-                    detail="; ".join(names),
+                    measured=f"{len(fails)} firing/fired",
+                    value=float(len(fails)),
+                    detail="; ".join(fails),
                 )
             ]
-        unknown = [a for a in relevant if a.unknown]
-        if unknown:
+        if unsure:
             return [
                 base(
                     verdict=Verdict.UNKNOWN,
-                    measured=f"{len(unknown)} rule(s) without data",
-                    detail="; ".join(f"{a.name}: {a.detail or 'input unknown'}" for a in unknown),
+                    measured=f"{len(unsure)} unknown",
+                    detail="; ".join(unsure),
                 )
             ]
-        return [base(verdict=Verdict.PASS, measured=f"0 of {len(relevant)} firing", value=0.0)]
+        when = "" if self.during == "now" else f", none fired during the {self.during}"
+        return [
+            base(
+                verdict=Verdict.PASS,
+                measured=f"0 of {counted} firing{when}",
+                value=0.0,
+                detail=("not counted: " + "; ".join(ignored)) if ignored else "",
+            )
+        ]
+
+    def _judge_history(
+        self,
+        ctx: EvaluationContext,
+        snap: Snapshot,
+        fails: list[str],
+        unsure: list[str],
+        ignored: list[str],
+        firing_keys: set[tuple[str, str | None]],
+    ) -> None:
+        """Add what the phase's or the procedure's alert history says to the lists."""
+        hist = ctx.history
+        if hist is None:
+            unsure.append(f"no alert history is kept for the {self.during}")
+            return
+        start = hist.procedure_started_at if self.during == "procedure" else hist.phase_started_at
+        if start is None:
+            unsure.append("the phase has not started: no alert history for it")
+            return
+        for a, b in unwatched(hist.watched, start, snap.taken_at, ctx.stale_after_s):
+            unsure.append(
+                f"alert rules not seen from {a.isoformat()} to {b.isoformat()} "
+                f"({(b - a).total_seconds():.0f} s, allowed {ctx.stale_after_s:g} s)"
+            )
+
+        def in_period(f: FiredAlert) -> bool:
+            return self._severity_ok(f.severity) and (
+                self.during == "procedure" or f.phase_id == ctx.phase_id
+            )
+
+        done: set[tuple[str, str | None, bool | None]] = set()
+        for f in hist.fired:
+            if not in_period(f):
+                continue
+            counts = self._counts(f.environment, f.serving)
+            key = (f.rule_id, f.environment, counts)
+            if key in done:
+                continue
+            done.add(key)
+            label = f"{f.name} ({f.environment or 'all'}) fired at {f.first_seen.isoformat()}"
+            if counts is False:
+                ignored.append(f"{label} while {f.environment} took no traffic")
+            elif counts is None:
+                unsure.append(f"{label}, when the traffic split was unknown")
+            elif (f.rule_id, f.environment) not in firing_keys:
+                fails.append(label)
+        for stretch in hist.blind:
+            if not self._severity_ok(stretch.severity):
+                continue
+            counts = self._counts(stretch.environment, stretch.serving)
+            length = stretch.length_within(start, snap.taken_at)
+            if counts is False or length <= ctx.stale_after_s:
+                continue
+            unsure.append(
+                f"{stretch.name} ({stretch.environment or 'all'}) had no data for {length:.0f} s from "
+                f"{stretch.start.isoformat()}"
+                + (", when the traffic split was unknown" if counts is None else "")
+            )
 
 
 class MonitoringCheck(_Predicate):
