@@ -36,3 +36,16 @@ def notes_seen(app: Any) -> list[str]:
     Recorded by the ``_record_notifications`` fixture in ``conftest.py``.
     """
     return list(app.__dict__.get("_notes_seen", ()))
+
+
+async def click_when_drawn(pilot: Any, selector: str, seconds: float = WAIT_S) -> None:
+    """Click a widget once the screen in front has laid it out.
+
+    A click lands where the widget is drawn; right after a screen is pushed it may not have
+    a region yet, and the click would hit nothing.
+    """
+    app = pilot.app
+    await wait_until(
+        pilot, lambda: app.screen.query_one(selector).region.area > 0, f"{selector} drawn", seconds
+    )
+    await pilot.click(selector)

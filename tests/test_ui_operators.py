@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import ui_fixtures as fx
-from pilot_support import WAIT_S, notes_seen, wait_until
+from pilot_support import WAIT_S, click_when_drawn, notes_seen, wait_until
 from runbook_fixtures import Clock, snapshot
 from test_coordination import Relay
 from test_ui_rollback import set_green_50, traffic_through, weights
@@ -672,7 +672,7 @@ async def _four_eyes(tmp_path: Path, redis_server: RedisServer, proxy: HAProxy) 
             await until(
                 pa, lambda: not screen.query_one("#gate-continue").disabled, "the gate to open"
             )
-            await pa.click("#gate-continue")
+            await click_when_drawn(pa, "#gate-continue")
             await until(pa, lambda: bool(a.operators.approvals), "A's request is listed")
             assert session.busy is not None and "approve switch-100" in session.busy
             assert weights(proxy) == (128, 128), "traffic moved before the second operator"

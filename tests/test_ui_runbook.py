@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import ui_fixtures as fx
-from pilot_support import WAIT_S, wait_until
+from pilot_support import WAIT_S, click_when_drawn, wait_until
 from runbook_fixtures import QUIET, Clock, alert, snapshot
 from ui_runbook_fixtures import NOTE, degraded_green, make_session, ui_config, walk_to
 from walk_fixtures import python_argv, weights
@@ -327,7 +327,7 @@ async def test_the_100_percent_switch_needs_green_typed(tmp_path: Path, proxy: H
             pilot, lambda: not screen.query_one("#gate-continue").disabled, "the gate to open"
         )
         assert str(screen.query_one("#gate-continue").label) == "Set 100% green"
-        await pilot.click("#gate-continue")
+        await click_when_drawn(pilot, "#gate-continue")
         await wait_for(
             pilot, lambda: session.record("switch-100").state is StepState.PASSED, "the switch"
         )
@@ -422,7 +422,7 @@ async def test_an_unfinished_deployment_is_offered_at_start_up(
         await wait_for(pilot, lambda: isinstance(app.screen, ResumeDialog), "the resume prompt")
         text = str(app.screen.query_one("#resume-text").render())
         assert deployment_id in text and "monitor-10" in text
-        await pilot.click("#resume-go")
+        await click_when_drawn(pilot, "#resume-go")
         await wait_for(pilot, lambda: isinstance(app.screen, RunbookScreen), "the runbook screen")
         await wait_for(pilot, lambda: second.split is not None, "the read-back")
         screen = app.screen
