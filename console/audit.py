@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import getpass
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -145,14 +143,10 @@ def open_store(cfg: AuditConfig) -> AuditStore:
 
 
 def default_operator(cfg: AppConfig | None = None) -> str:
-    """Who is acting: the configured operator, else ``user@host``."""
-    if cfg is not None and cfg.operator:
-        return cfg.operator
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
+    """Who is acting: the configured operator, else ``user@host`` (as the console names it)."""
+    from console.identity import operator_identity
+
+    return operator_identity(cfg.operator if cfg is not None else None)
 
 
 # --- verification -----------------------------------------------------------------------------

@@ -1,12 +1,11 @@
-"""Who is at the keyboard: moved to :mod:`console.coordination` (re-exported here).
+"""Who is at the keyboard: re-exported from :mod:`console.identity`.
 
 The operator identity is core, not UI: the lease, the four-eyes gates and the audit trail
-need it without Textual. Import it from :mod:`console.coordination`; this module only keeps
-older imports working.
+need it without Textual. This module only keeps older imports working.
 """
 
 from __future__ import annotations
 
-from console.coordination import operator_identity, ssh_client
+from console.identity import operator_identity, ssh_client
 
 __all__ = ["operator_identity", "ssh_client"]
