@@ -3,9 +3,9 @@
 This module owns :class:`DirectScrapeSource`, the embedded default when no
 Prometheus is configured. Every fetch GETs each service's ``/metrics`` (one
 shared :class:`httpx.AsyncClient`, concurrently, each bounded by its timeout),
-parses the exposition with :mod:`prometheus_client.parser`, keeps a ring of
-samples per service covering the window, and computes what the default PromQL
-templates compute:
+parses only the sample lines of the series it uses (:func:`parse_exposition`),
+keeps a ring of samples per service covering the window, and computes what the
+default PromQL templates compute:
 
 - requests/s: ``sum(rate(acgs_requests_total))``, the rate from counter deltas
   with counter resets handled as Prometheus does (a drop means the counter
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-from backends.health import connect_reason
+from backends import http1
+from backends.health import ProbeClient, connect_reason
 from backends.metrics import METRIC_NAMES, metric_value
 from backends.models import Environment, EnvironmentMetrics, MetricValue, utcnow
 
@@ -54,6 +54,8 @@ AUTH_FAILURES = "acgs_authentication_failures_total"
 
 _STATUS_LABELS = ("status_code", "code", "status")
 _EXPOSITION_TYPES = frozenset({"", "text/plain", "application/openmetrics-text"})
+_ACCEPT = b"text/plain;version=0.0.4;q=1,*/*;q=0.1"
+"""The text exposition, which :func:`parse_exposition` reads (what Prometheus asks for)."""
 
 
 class _ScrapeError(Exception):
@@ -141,10 +143,67 @@ class TargetSample:
     compliance: tuple[float, ...]
 
 
+_WANTED = frozenset(
+    {REQUESTS, DURATION_BUCKET, CACHE_HIT, COMPLIANCE, HASH_FAILURES, AUTH_FAILURES}
+)
+"""The sample names the metrics are computed from; every other line is skipped unread."""
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"'
+_LABEL_PAIR = re.compile(_LABEL)
+_LABEL_BLOCK = rf"\{{[ \t]*(?:{_LABEL}[ \t]*(?:,[ \t]*{_LABEL}[ \t]*)*,?[ \t]*)?\}}"
+_SAMPLE = re.compile(
+    r"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)[ \t]*"
+    rf"(?P<labels>{_LABEL_BLOCK})?"
+    r"[ \t]+(?P<value>[^ \t#]+)"
+    r"(?:[ \t]+-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)?"  # a timestamp (unused)
+    r"(?:[ \t]+#[ \t].*)?"  # an OpenMetrics exemplar (unused)
+    r"[ \t]*"
+)
+_ESCAPES = re.compile(r"\\(.)")
+_VALUE = re.compile(
+    r"[+-]?(?:inf(?:inity)?|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?)", re.I
+)
+"""A sample value as Prometheus reads one (Go's ParseFloat, decimal)."""
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    return _ESCAPES.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def parse_sample_line(line: str) -> tuple[str, dict[str, str], float]:
+    """One sample line of a text exposition: ``name{label="value",...} value [timestamp]``.
+
+    Args:
+        line: The line, without its newline.
+
+    Returns:
+        The sample's name, labels and value.
+
+    Raises:
+        ValueError: When the line is not a valid sample line.
+    """
+    match = _SAMPLE.fullmatch(line)
+    if match is None:
+        raise ValueError(f"not a sample line: {line[:120]!r}")
+    raw = match.group("value")
+    if _VALUE.fullmatch(raw) is None:
+        raise ValueError(f"not a sample value: {raw[:40]!r} in {line[:120]!r}")
+    block = match.group("labels")
+    labels = {k: _unescape(v) for k, v in _LABEL_PAIR.findall(block)} if block is not None else {}
+    return match.group("name"), labels, float(raw)
+
+
 def parse_exposition(text: str, t: float, at: datetime) -> TargetSample:
     """Reduce a Prometheus text exposition to a :class:`TargetSample`.
 
-    Only the ``acgs_*`` lines are parsed.
+    Only the sample lines of the series the metrics use (:data:`_WANTED`) are
+    parsed, and each is checked as strictly as a Prometheus scrape would: a
+    malformed one fails the whole exposition. Comments (``# HELP``, ``# TYPE``,
+    ``# EOF``) and every other series are skipped without being read, which is
+    most of what a real service exports (process and runtime series).
 
     Args:
         text: The ``/metrics`` body.
@@ -155,15 +214,8 @@ def parse_exposition(text: str, t: float, at: datetime) -> TargetSample:
         The sample.
 
     Raises:
-        ValueError: When the text is not a valid exposition.
+        ValueError: When a line of those series is not a valid sample line.
     """
-    # Only the ACGS families matter; real services also export dozens of process and
-    # runtime series, and the pure-Python parser's cost grows with every line.
-    text = "\n".join(
-        line
-        for line in text.splitlines()
-        if line.startswith(("acgs_", "# TYPE acgs_", "# HELP acgs_"))
-    )
     requests: float | None = None
     errors = 0.0
     buckets: dict[float, float] = {}
@@ -171,26 +223,30 @@ def parse_exposition(text: str, t: float, at: datetime) -> TargetSample:
     auth_failures: float | None = None
     cache: list[float] = []
     compliance: list[float] = []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, float(sample.value)
-            if name == REQUESTS:
-                requests = (requests or 0.0) + value
-                status = next((labels[k] for k in _STATUS_LABELS if k in labels), "")
-                if _FIVE_XX.match(status):
-                    errors += value
-            elif name == DURATION_BUCKET:
-                le = float(labels.get("le", "nan"))
-                if not math.isnan(le):
-                    buckets[le] = buckets.get(le, 0.0) + value
-            elif name == CACHE_HIT:
-                cache.append(value)
-            elif name == COMPLIANCE:
-                compliance.append(value)
-            elif name == HASH_FAILURES:
-                hash_failures = (hash_failures or 0.0) + value
-            elif name == AUTH_FAILURES:
-                auth_failures = (auth_failures or 0.0) + value
+    for line in text.splitlines():
+        if not line.startswith("acgs_"):
+            continue
+        named = _NAME.match(line)
+        if named is None or named.group() not in _WANTED:
+            continue
+        name, labels, value = parse_sample_line(line)
+        if name == REQUESTS:
+            requests = (requests or 0.0) + value
+            status = next((labels[k] for k in _STATUS_LABELS if k in labels), "")
+            if _FIVE_XX.match(status):
+                errors += value
+        elif name == DURATION_BUCKET:
+            le = float(labels.get("le", "nan"))
+            if not math.isnan(le):
+                buckets[le] = buckets.get(le, 0.0) + value
+        elif name == CACHE_HIT:
+            cache.append(value)
+        elif name == COMPLIANCE:
+            compliance.append(value)
+        elif name == HASH_FAILURES:
+            hash_failures = (hash_failures or 0.0) + value
+        elif name == AUTH_FAILURES:
+            auth_failures = (auth_failures or 0.0) + value
     return TargetSample(
         t=t,
         at=at,
@@ -302,28 +358,35 @@ class DirectScrapeSource:
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""
 
+    async def _scrape_lean(self, client: ProbeClient, url: str) -> bytes:
+        """One ``/metrics`` through the client's lean connections (see :mod:`backends.http1`)."""
+        try:
+            reply = await client.lean_get(url, max_body=MAX_EXPOSITION_BYTES, accept=_ACCEPT)
+        except http1.BodyTooLarge:
+            raise _ScrapeError("exposition over 16 MiB") from None
+        except http1.ProtocolError as exc:
+            raise _ScrapeError(f"protocol error: {exc}") from None
+        if reply.status != 200:
+            raise _ScrapeError(f"HTTP {reply.status}")
+        media = reply.headers.get("content-type", "").split(";", 1)[0].strip()
+        if media.lower() not in _EXPOSITION_TYPES:
+            raise _ScrapeError(f"wrong content type {media!r}, not an exposition")
+        return reply.body
+
     async def _scrape(self, target: _Target) -> None:
+        client = self._client
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self._client.stream("GET", target.url) as response:
-                    if response.status_code != 200:
-                        raise _ScrapeError(f"HTTP {response.status_code}")
-                    media = response.headers.get("content-type", "").split(";", 1)[0].strip()
-                    if media.lower() not in _EXPOSITION_TYPES:
-                        raise _ScrapeError(f"wrong content type {media!r}, not an exposition")
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > MAX_EXPOSITION_BYTES:
-                            raise _ScrapeError("exposition over 16 MiB")
-                        chunks.append(chunk)
+                if isinstance(client, ProbeClient) and client.lean is not None:
+                    chunks = [await self._scrape_lean(client, target.url)]
+                else:
+                    chunks = await self._scrape_httpx(target.url)
             t, at = self._clock(), utcnow()
             text = b"".join(chunks).decode("utf-8")
             sample = parse_exposition(text, t, at)
         except TimeoutError:
             target.error = f"timeout after {self.timeout_s:g} s"
-        except httpx.ConnectError as exc:
+        except (httpx.ConnectError, http1.ConnectFailed) as exc:
             target.error = connect_reason(exc)
         except httpx.HTTPError as exc:
             target.error = f"{type(exc).__name__}: {exc}"
@@ -337,6 +400,23 @@ class DirectScrapeSource:
             target.error = None
             target.ring.append(sample)
         self._prune(target)
+
+    async def _scrape_httpx(self, url: str) -> list[bytes]:
+        """One ``/metrics`` through httpx (a client that is not :func:`make_client`'s)."""
+        async with self._client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise _ScrapeError(f"HTTP {response.status_code}")
+            media = response.headers.get("content-type", "").split(";", 1)[0].strip()
+            if media.lower() not in _EXPOSITION_TYPES:
+                raise _ScrapeError(f"wrong content type {media!r}, not an exposition")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_EXPOSITION_BYTES:
+                    raise _ScrapeError("exposition over 16 MiB")
+                chunks.append(chunk)
+        return chunks
 
     def _prune(self, target: _Target) -> None:
         horizon = self._clock() - self.window_s

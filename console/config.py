@@ -217,6 +217,14 @@ class PrometheusConfig(Section):
     """Query timeout in seconds."""
     max_sample_age_s: float = Field(30.0, gt=0)
     """A sample older than this shows as stale; keep it at least twice the scrape interval."""
+    fetch_interval_s: float = Field(5.0, gt=0, le=300)
+    """Seconds between metric fetches (the PromQL queries, or the services' /metrics
+    when url is empty), on their own cadence beside the 1 s health and hash probes
+    (Prometheus itself scrapes every 15 s by default). Never more often than
+    refresh_interval_s. Each value keeps the time it was sampled and turns stale,
+    never passing, past its age: max_sample_age_s for Prometheus, and for the
+    direct scrape thresholds.stale_after_s or twice this interval, whichever is
+    longer."""
     queries: PrometheusQueries = PrometheusQueries()
     """The PromQL templates."""
 
@@ -229,6 +237,16 @@ class PrometheusConfig(Section):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL like 'http://127.0.0.1:9090', or empty")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cadence(self) -> PrometheusConfig:
+        if self.url and self.fetch_interval_s >= self.max_sample_age_s:
+            raise ValueError(
+                f"fetch_interval_s ({self.fetch_interval_s:g}) must be shorter than "
+                f"max_sample_age_s ({self.max_sample_age_s:g}), or every value would turn "
+                "stale before the next fetch"
+            )
+        return self
 
 
 # --- traffic switch -----------------------------------------------------------

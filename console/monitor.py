@@ -24,6 +24,14 @@ How a sweep behaves:
   (``thresholds.stale_after_s``) becomes ``unknown`` with ``stale=True``.
   Metrics that cannot be fetched keep no value that could pass for current:
   earlier values are carried only marked ``stale``.
+* Metrics are fetched on their own cadence, ``prometheus.fetch_interval_s``
+  (5 s by default; Prometheus itself scrapes every 15 s), while health, hashes,
+  Redis, PostgreSQL and the split are probed every sweep. The sweeps in between
+  reuse the last answer as it was, each value with its ``sampled_at``, and mark
+  a value that has passed its allowed age stale. The first two fetches run a
+  sweep apart (a rate needs two scrapes), and a fetch that failed is retried at
+  the next sweep. Alert rules see a metric change when it is fetched, as
+  Prometheus's own rules do.
 * Nothing a probe or a rule does can break the loop: errors become named
   states in the snapshot.
 
@@ -194,7 +202,6 @@ def build_metrics_source(config: AppConfig, client: httpx.AsyncClient) -> Metric
             on every request, so one pool per job keeps each sweep cheap.
     """
     prom = config.prometheus
-    max_age = config.thresholds.stale_after_s
     if prom.url:
         from backends.prometheus import PrometheusSource
 
@@ -219,8 +226,20 @@ def build_metrics_source(config: AppConfig, client: httpx.AsyncClient) -> Metric
         targets,
         window_s=window_seconds(prom.window),
         timeout_s=config.probe_timeout_s,
-        max_age_s=max_age,
+        # Scraped every fetch_interval_s: one missed scrape is not yet stale, two are.
+        max_age_s=scrape_max_age_s(config),
     )
+
+
+def scrape_max_age_s(config: AppConfig) -> float:
+    """How old a directly scraped value may be before it is stale.
+
+    ``thresholds.stale_after_s``, or twice ``prometheus.fetch_interval_s`` when
+    that is longer (what Prometheus asks of its own sample age against its scrape
+    interval), so a value never turns stale merely because the next fetch is not
+    due yet.
+    """
+    return max(config.thresholds.stale_after_s, 2.0 * config.prometheus.fetch_interval_s)
 
 
 def build_backends(config: AppConfig) -> Backends:
@@ -450,6 +469,7 @@ class Monitor:
         inputs: RuleInputs | InputsProvider | None = None,
         clock: Callable[[], datetime] = utcnow,
         backoff_after: int = BACKOFF_AFTER,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create the monitor and its back-ends (nothing is contacted yet).
 
@@ -461,6 +481,7 @@ class Monitor:
                 sweep (audit verification, security scan results).
             clock: The wall clock for ``taken_at`` and rule timers (tests step it).
             backoff_after: Consecutive failures before a probe is skipped for some sweeps.
+            monotonic: The clock of the metrics cadence and of backoff ages (tests step it).
         """
         self.config = config
         self.backends = backends if backends is not None else build_backends(config)
@@ -469,11 +490,20 @@ class Monitor:
         )
         self._inputs = inputs
         self._clock = clock
+        self._monotonic = monotonic
         self.backoff_after = max(1, backoff_after)
         self.interval_s = config.refresh_interval_s
         self.max_age_s = config.thresholds.stale_after_s
         # Skip no longer than the data may age: a carried result is never past its age.
         self.max_skip = max(0, math.floor(self.max_age_s / self.interval_s) - 1)
+        self.metrics_interval_s = config.prometheus.fetch_interval_s
+        """Seconds between metric fetches; the sweeps between them reuse the last answer."""
+        self.metrics_fetches = 0
+        """Metric fetches the source answered (sweeps that reused an answer not counted)."""
+        self._metrics_kept: MetricsResult | None = None
+        """The last fetch's answer while it may be reused (None: fetch at the next sweep)."""
+        self._metrics_fetched_at = 0.0
+        """Monotonic time the kept answer's fetch began."""
         self.records: dict[str, ProbeRecord] = {}
         self.sequence = 0
         self.sweeps_run = 0
@@ -586,7 +616,7 @@ class Monitor:
             record = self.records[name] = ProbeRecord(name)
         if record.skip_left > 0 and record.last_result is not None:
             record.skip_left -= 1
-            age = time.monotonic() - (record.last_probed or 0.0)
+            age = self._monotonic() - (record.last_probed or 0.0)
             note = (
                 f"not re-probed: backing off after {record.failures} failures in a row, "
                 f"last probe {age:.1f} s ago"
@@ -594,7 +624,7 @@ class Monitor:
             if age <= self.max_age_s:
                 return kind.carried(record.last_result, note)
             return kind.stale(record.last_result, note)
-        probed_at = time.monotonic()
+        probed_at = self._monotonic()
         begun = self._sweep_started
         deadline = (begun if begun is not None else asyncio.get_running_loop().time()) + timeout_s
         try:
@@ -627,18 +657,71 @@ class Monitor:
             _health_kind(env, service, url),
         )
 
+    def _metrics_due(self, now: float) -> bool:
+        """Whether this sweep fetches the metrics, or reuses the last answer."""
+        if self._metrics_kept is None or self.metrics_interval_s <= self.interval_s:
+            return True  # nothing to reuse (the first fetch, or the last one failed)
+        record = self.records.get("metrics")
+        if record is None or record.probes < 2:
+            return True  # a rate needs two scrapes: the second one comes a sweep later
+        # Half a sweep early: sweeps a second apart fetch every fifth one, not every sixth.
+        return now - self._metrics_fetched_at >= self.metrics_interval_s - self.interval_s / 2
+
     async def _metrics(self) -> MetricsResult:
+        """Both environments' metrics, fetched every :attr:`metrics_interval_s`.
+
+        Between fetches the last answer is shown as it was: every value keeps its
+        ``sampled_at``, and one past its allowed age is marked stale again here
+        (never shown as current). A fetch that failed is not reused; the next sweep
+        fetches again (with the usual backoff).
+        """
         source = self.backends.metrics
+        now = self._monotonic()
+        kept = self._metrics_kept
+        if kept is not None and not self._metrics_due(now):
+            return self._rejudged(kept)
         timeout = (
             self.config.prometheus.timeout_s
             if self.config.prometheus.url
             else self.config.probe_timeout_s
         )
 
-        async def call() -> MetricsResult:
-            return dict(await source.fetch())
+        answered: list[MetricsResult] = []
 
-        return await self._bounded("metrics", call, timeout, _metrics_kind(source.name))
+        async def call() -> MetricsResult:
+            result = dict(await source.fetch())
+            answered.append(result)
+            self.metrics_fetches += 1
+            return result
+
+        kind = _metrics_kind(source.name)
+        result = await self._bounded("metrics", call, timeout, kind)
+        # Only the source's own answer is reused; a timeout, an error or a backed-off
+        # sweep (earlier values marked stale) is not, and the next sweep fetches again.
+        if answered and result is answered[0] and not kind.failed(result):
+            self._metrics_kept, self._metrics_fetched_at = result, now
+        else:
+            self._metrics_kept = None
+        return result
+
+    def _rejudged(self, result: MetricsResult) -> MetricsResult:
+        """The kept answer with every value past its age marked stale (the rest unchanged)."""
+        max_age = getattr(self.backends.metrics, "max_age_s", None)
+        if not isinstance(max_age, int | float):
+            max_age = self.max_age_s
+        now = utcnow()
+        out: MetricsResult = {}
+        for env, metrics in result.items():
+            aged = {
+                name: value.model_copy(update={"stale": True})
+                for name in _METRIC_FIELDS
+                if (value := getattr(metrics, name)).value is not None
+                and not value.stale
+                and value.sampled_at is not None
+                and (now - value.sampled_at).total_seconds() > max_age
+            }
+            out[env] = metrics.model_copy(update=aged) if aged else metrics
+        return out
 
     async def _redis(self, env: Environment) -> RedisStatus:
         spec = self.config.env(env).redis

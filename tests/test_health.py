@@ -133,9 +133,22 @@ async def serve() -> AsyncIterator[Callable[[Responder], Awaitable[RawServer]]]:
         await server.close()
 
 
-@pytest.fixture
-async def prober() -> AsyncIterator[HealthProber]:
-    client = make_client(TIMEOUT_S)
+def plain_httpx_client() -> httpx.AsyncClient:
+    """An httpx client that is not :func:`make_client`'s: the prober goes through httpx."""
+    return httpx.AsyncClient(
+        timeout=TIMEOUT_S,
+        follow_redirects=True,
+        headers={"Accept": "application/json", "User-Agent": "acgs-console"},
+    )
+
+
+CLIENTS = {"lean": lambda: make_client(TIMEOUT_S), "httpx": plain_httpx_client}
+"""Both ways a probe can go: every case must give the same verdict through either."""
+
+
+@pytest.fixture(params=sorted(CLIENTS))
+async def prober(request: pytest.FixtureRequest) -> AsyncIterator[HealthProber]:
+    client = CLIENTS[request.param]()
     try:
         yield HealthProber(client, HASH, timeout_s=TIMEOUT_S)
     finally:
@@ -528,9 +541,9 @@ async def test_keep_alive_reuses_one_connection(prober) -> None:
 def test_any_response_is_a_state_never_an_exception(
     body: bytes, status: int, content_type: str | None
 ) -> None:
-    async def run() -> ServiceHealth:
+    async def run(make: Callable[[], httpx.AsyncClient]) -> ServiceHealth:
         server = await RawServer(lambda _p: http(status, body, content_type)).start()
-        client = make_client(TIMEOUT_S)
+        client = make()
         try:
             return await HealthProber(client, HASH, TIMEOUT_S).probe(
                 Environment.BLUE, "x", server.url + "/health"
@@ -539,7 +552,11 @@ def test_any_response_is_a_state_never_an_exception(
             await client.aclose()
             await server.close()
 
-    health = asyncio.run(run())
+    health = asyncio.run(run(CLIENTS["lean"]))
+    # The lean client and httpx reach the same verdict on the same bytes.
+    through_httpx = asyncio.run(run(CLIENTS["httpx"]))
+    ignore = {"latency_ms", "checked_at", "url"}
+    assert health.model_dump(exclude=ignore) == through_httpx.model_dump(exclude=ignore)
     assert isinstance(health.state, ServiceState)
     if health.state is ServiceState.UP:
         # Only a 2xx JSON object saying healthy can be "up".

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from backends.health import make_client
 from backends.metrics import METRIC_NAMES, MetricsSource, metric_value, parse_duration
 from backends.models import Environment, EnvironmentMetrics
 from backends.prometheus import PrometheusSource, build_selector
@@ -207,9 +208,15 @@ class Clock:
         return self.t
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=1.0) as c:
+@pytest.fixture(params=["lean", "httpx"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """Both ways a scrape can go: :func:`make_client`'s lean connections, or plain httpx."""
+    made = (
+        make_client(1.0)
+        if request.param == "lean"
+        else httpx.AsyncClient(timeout=1.0, follow_redirects=True)
+    )
+    async with made as c:
         yield c
 
 
@@ -651,3 +658,38 @@ def test_prometheus_client_library_is_imported_lazily() -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert out.stdout.strip() == ""
+
+
+async def test_scrape_follows_a_redirect_to_the_exposition(client: httpx.AsyncClient) -> None:
+    """``/metrics`` mounted as a sub-app answers ``307 -> /metrics/`` (Starlette does)."""
+    text = Exposition().text().encode()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                if path == b"/metrics":
+                    writer.write(
+                        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /metrics/\r\n"
+                        b"Content-Length: 0\r\n\r\n"
+                    )
+                else:
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                        + f"Content-Length: {len(text)}\r\n\r\n".encode()
+                        + text
+                    )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/metrics"
+    try:
+        metrics = (await DirectScrapeSource(client, {BLUE: [url]}).fetch())[BLUE]
+    finally:
+        server.close()
+    assert metrics.cache_hit_rate.value == pytest.approx(0.9), metrics.cache_hit_rate.error

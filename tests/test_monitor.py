@@ -49,6 +49,8 @@ def fleet_config(
     prometheus_url: str | None = None,
     redis_url: str | None = None,
     pg: Any = None,
+    metrics_interval_s: float | None = None,
+    thresholds: dict[str, Any] | None = None,
 ) -> AppConfig:
     """A console config for the session fleet (and whichever engines are given)."""
     environments: dict[str, Any] = {}
@@ -68,13 +70,16 @@ def fleet_config(
                 "timeout_s": 2.0,
             }
         environments[env] = spec
+    prometheus: dict[str, Any] = {"url": prometheus_url}
+    if metrics_interval_s is not None:
+        prometheus["fetch_interval_s"] = metrics_interval_s
     return AppConfig(
         environments=environments,
         traffic={"kind": "sandbox", "control_url": fleet.control_url},
-        prometheus={"url": prometheus_url},
+        prometheus=prometheus,
         probe_timeout_s=timeout_s,
         refresh_interval_s=interval_s,
-        thresholds={"stale_after_s": stale_after_s},
+        thresholds={"stale_after_s": stale_after_s, **(thresholds or {})},
     )
 
 
@@ -323,7 +328,8 @@ async def test_metrics_when_prometheus_hangs_or_goes_away(
 ) -> None:
     prom = fresh_prometheus()
     prom.wait_for_sample('rate(acgs_requests_total{environment="blue"}[1m]) > 0')
-    config = fleet_config(fleet, prometheus_url=prom.url)
+    # Every sweep queries Prometheus here (the cadence is tested below).
+    config = fleet_config(fleet, prometheus_url=prom.url, metrics_interval_s=1.0)
     config = config.model_copy(
         update={"prometheus": config.prometheus.model_copy(update={"timeout_s": 1.0})}
     )
@@ -447,3 +453,156 @@ def test_stale_snapshot_helper_and_window() -> None:
 
     assert is_stale(Fake(), 5.0)  # type: ignore[arg-type]
     assert not is_stale(Fake(), 60.0)  # type: ignore[arg-type]
+
+
+# --- the metrics cadence -----------------------------------------------------------------------
+
+
+class Ticks:
+    """A monotonic clock the test moves by hand (the metrics cadence reads it)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_metrics_are_fetched_on_their_own_cadence_health_every_sweep(fleet: Any) -> None:
+    config = fleet_config(fleet, interval_s=1.0, metrics_interval_s=5.0)
+    ticks = Ticks()
+    async with monitoring(config, monotonic=ticks) as monitor:
+        first = await monitor.sweep()
+        await asyncio.sleep(0.3)  # real time for the scrape's rates
+        ticks.t += 1
+        second = await monitor.sweep()
+        # A rate needs two scrapes: the first two sweeps both fetch.
+        assert monitor.metrics_fetches == 2
+        rps = second.blue.metrics.requests_per_second
+        assert rps.known and rps.sampled_at is not None
+        assert rps.sampled_at > first.blue.metrics.cache_hit_rate.sampled_at  # type: ignore[operator]
+        reused = []
+        for _ in range(3):
+            ticks.t += 1
+            reused.append(await monitor.sweep())
+        assert monitor.metrics_fetches == 2, "within the interval the last answer is reused"
+        for snapshot in reused:
+            for env in Environment:
+                for before, now in zip(
+                    second.env(env).metrics.all(), snapshot.env(env).metrics.all(), strict=True
+                ):
+                    # As it was: same value, same sample time, not stale (it is 3 s old at most).
+                    assert (now.value, now.sampled_at, now.stale) == (
+                        before.value,
+                        before.sampled_at,
+                        before.stale,
+                    )
+        # Health, hashes and the split were probed every sweep all the same.
+        assert monitor.records["health:blue:unified_orchestrator"].probes == 5
+        assert monitor.records["traffic"].probes == 5
+        assert len({s.taken_at for s in (first, second, *reused)}) == 5
+
+        ticks.t += 1.5  # 5.5 s after the last fetch: due (half a sweep early at most)
+        fetched = await monitor.sweep()
+        assert monitor.metrics_fetches == 3
+        newer = fetched.blue.metrics.requests_per_second
+        assert newer.known and newer.sampled_at > rps.sampled_at  # type: ignore[operator]
+
+
+async def test_a_reused_value_past_its_age_is_stale_never_current(fleet: Any) -> None:
+    # The direct scrape's values may be twice the fetch interval old (0.6 s here).
+    config = fleet_config(fleet, interval_s=0.2, stale_after_s=0.25, metrics_interval_s=0.3)
+    ticks = Ticks()  # never moves: after the first two fetches nothing is due
+    async with monitoring(config, monotonic=ticks) as monitor:
+        await monitor.sweep()
+        await asyncio.sleep(0.2)
+        fresh = await monitor.sweep()
+        cache = fresh.blue.metrics.cache_hit_rate
+        assert cache.known and not cache.stale
+        assert monitor.metrics_fetches == 2
+        await asyncio.sleep(0.8)
+        aged = await monitor.sweep()
+    assert monitor.metrics_fetches == 2
+    old = aged.blue.metrics.cache_hit_rate
+    assert old.stale and not old.known
+    assert old.value == cache.value and old.sampled_at == cache.sampled_at
+    for env in Environment:
+        assert not any(v.known for v in aged.env(env).metrics.all())
+    rule = alert(aged, "performance.cache_hit_rate.critical/blue")
+    assert rule.unknown and not alert_passes(rule)
+
+
+async def test_a_failed_fetch_is_not_reused_the_next_sweep_fetches_again(fleet: Any) -> None:
+    # The scrape times out (every service hung): unknown, and fetched again at once.
+    config = fleet_config(fleet, timeout_s=0.3, metrics_interval_s=5.0)
+    ticks = Ticks()
+    async with monitoring(config, monotonic=ticks, backoff_after=10) as monitor:
+        await monitor.sweep()
+        ticks.t += 1
+        await monitor.sweep()
+        assert monitor.metrics_fetches == 2
+        services = [s.service for s in fleet.services if s.environment == "blue"]
+        with contextlib.ExitStack() as stack:
+            for name in services:
+                stack.enter_context(fault(fleet, "blue", name, "hang"))
+            ticks.t += 5
+            hung = await monitor.sweep()
+            assert monitor.records["metrics"].probes == 3
+            blue = hung.blue.metrics.cache_hit_rate
+            # The earlier value, marked stale with the reason: never shown as current.
+            assert not blue.known and blue.stale and "timeout" in (blue.error or ""), blue
+        ticks.t += 1  # well inside the interval, but the last fetch failed for blue ...
+        after = await monitor.sweep()
+    assert monitor.records["metrics"].probes == 4, "... so this sweep fetched again"
+    assert after.blue.metrics.cache_hit_rate.known
+
+
+async def test_rule_timers_run_on_across_sweeps_that_reuse_the_metrics(fleet: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
+    now = [start]
+    # Cache hit below 99.5 % (the fleet's is about 90 %) for 12 s: the condition holds.
+    thresholds = {
+        "cache_hit_critical": 0.995,
+        "cache_hit_warning": 0.999,
+        "cache_hit_critical_for_s": 12.0,
+    }
+    config = fleet_config(fleet, metrics_interval_s=5.0, thresholds=thresholds)
+    ticks = Ticks()
+    rid = "performance.cache_hit_rate.critical/blue"
+    phases = []
+    async with monitoring(config, clock=lambda: now[0], monotonic=ticks) as monitor:
+        for step in range(15):
+            now[0] = start + timedelta(seconds=step)
+            ticks.t = 1000.0 + step
+            snapshot = await monitor.sweep()
+            state = alert(snapshot, rid)
+            assert not state.unknown, (step, state.detail)
+            assert state.active_since == start, "the timer never restarted"
+            phases.append(state.phase)
+        # Fetched at 0 and 1 (two scrapes for a rate), then every five seconds: 5-6, 10-11.
+        assert 4 <= monitor.metrics_fetches <= 5
+    assert phases == [AlertPhase.PENDING] * 12 + [AlertPhase.FIRING] * 3
+
+
+def test_the_fetch_interval_is_checked_against_the_ages_it_must_fit() -> None:
+    from console.monitor import scrape_max_age_s
+
+    fleetless = {
+        env: {"services": {"x": {"base_url": "http://127.0.0.1:1"}}} for env in ("blue", "green")
+    }
+    base: dict[str, Any] = {
+        "environments": fleetless,
+        "traffic": {"kind": "sandbox", "control_url": "http://127.0.0.1:1"},
+    }
+    # The direct scrape's values may be twice the fetch interval old, or stale_after_s.
+    assert scrape_max_age_s(AppConfig(**base)) == 10.0
+    assert scrape_max_age_s(AppConfig(**base, prometheus={"fetch_interval_s": 1.0})) == 5.0
+    # Prometheus: a fetch interval past the allowed sample age would make every value stale.
+    with pytest.raises(ValueError, match="fetch_interval_s"):
+        AppConfig(
+            **base,
+            prometheus={"url": "http://127.0.0.1:9090", "fetch_interval_s": 30.0},
+        )
+    assert AppConfig(**base, prometheus={"url": "http://127.0.0.1:9090"}).prometheus.url

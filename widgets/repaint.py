@@ -37,7 +37,7 @@ from rich.style import Style
 from textual.content import Content
 from textual.geometry import Region, Size
 from textual.strip import Strip
-from textual.visual import Visual, visualize
+from textual.visual import Visual, VisualType, visualize
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -172,6 +172,8 @@ class QuietStatic(Static):
     """Inside :meth:`show_content`: the whole-widget refresh of ``update`` is held back."""
     _content_width = -1
     """The widest line of the content shown (an auto-width widget resizes when it changes)."""
+    _shown: Content | None = None
+    """The content :meth:`show_content` showed last (None: unknown, e.g. after ``update``)."""
 
     def refresh(
         self,
@@ -187,13 +189,33 @@ class QuietStatic(Static):
         super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)
         return self
 
+    def update(self, content: VisualType = "", *, layout: bool = True) -> None:
+        """Show content as :class:`~textual.widgets.Static` does (the whole widget repaints)."""
+        if not self._holding:
+            self._shown = None
+        super().update(content, layout=layout)
+
     def show_content(self, content: Content) -> None:
         """Show new content, repainting only the cells that differ from the last paint.
+
+        The same content (text and styles) at the same size and style is not even
+        rendered again: most parts of the dashboard stay as they are from one
+        sweep to the next.
 
         Args:
             content: The widget's new content.
         """
-        before, after = self._painted, paint(self, content)
+        shown, before = self._shown, self._painted
+        if (
+            shown is not None
+            and before is not None
+            and shown.is_same(content)
+            and self.is_mounted
+            and before.size == self.size
+            and before.style == self.visual_style
+        ):
+            return
+        after = paint(self, content)
         self._painted = after
         width = max((line.cell_length for line in content.split("\n")), default=0)
         # An auto-width widget whose content got wider or narrower needs a layout.
@@ -208,6 +230,7 @@ class QuietStatic(Static):
         if resized or not refresh_changed(self, before, after):
             # New geometry (or nothing painted yet): the ordinary refresh, with a layout.
             self.update(content)
+        self._shown = content
 
 
 class QuietBorderTitle(Widget):

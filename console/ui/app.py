@@ -299,6 +299,8 @@ class ConsoleApp(App[int]):
 
     def _apply_keymap(self) -> None:
         keymap = dict(self.config.ui.keymap)
+        if not keymap:
+            return  # nothing to check: the catalogue imports every screen (not before a frame)
         known = {b.id for b in self._binding_catalogue() if b.id}
         unknown = sorted(k for k in keymap if k not in known)
         for key in unknown:
