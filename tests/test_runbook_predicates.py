@@ -434,9 +434,10 @@ def test_without_alert_history_zero_downtime_is_unknown() -> None:
     d.engine = RunbookEngine.restore(saved, d.runbook, d.config, "alice", clock=d.clock)
     d.run(10, 100.0)
     assert d.judge().verdict is U
-    # Blue's alert fired while the split could not be read back: did blue serve? Unknown.
+    # Blue's alert fired while the split could not be read back, and the split read back
+    # before (blue 50 %) and after (blue 0 %) disagree: did blue serve? Unknown.
     d = Deployment()
-    d.run(10, 100.0)
+    d.run(10, 50.0)
     d.run(3, None, firing("down", "blue", d.clock.now + timedelta(seconds=1)))
     d.run(5, 100.0)
     outcome = d.judge()
@@ -453,3 +454,27 @@ def test_without_alert_history_zero_downtime_is_unknown() -> None:
     d.run(2, 0.0, blind("p99", "blue"))
     migrate(d)
     assert d.judge().verdict is P
+
+
+def test_an_unreadable_split_between_two_read_backs_that_agree_is_judged_by_them() -> None:
+    # Green at 100 % before and after a moment the split could not be read: blue took no
+    # traffic then either, so blue's alert is not counted ...
+    d = Deployment()
+    migrate(d)
+    d.run(3, None, firing("down", "blue", d.clock.now + timedelta(seconds=1)))
+    d.run(5, 100.0)
+    outcome = d.judge()
+    assert outcome.verdict is P, outcome.detail
+    assert "not counted" in outcome.detail
+    # ... while green's, in the same moment, counts: green served on both sides.
+    d = Deployment()
+    migrate(d)
+    d.run(3, None, firing("down", "green", d.clock.now + timedelta(seconds=1)))
+    d.run(5, 100.0)
+    outcome = d.judge()
+    assert outcome.verdict is F, outcome.detail
+    # No read-back after the moment yet: unknown.
+    d = Deployment()
+    migrate(d)
+    d.run(3, None, firing("down", "green", d.clock.now + timedelta(seconds=1)))
+    assert d.judge().verdict is U

@@ -241,12 +241,13 @@ async def test_a_whole_deployment_through_the_tui(
     known = [
         m.green_percentage for m in engine.state.traffic_seen if m.green_percentage is not None
     ]
-    assert [v for i, v in enumerate(known) if i == 0 or v != known[i - 1]] == [
-        0.0,
-        10.15625,
-        50.0,
-        100.0,
-    ]
+    changes = [v for i, v in enumerate(known) if i == 0 or v != known[i - 1]]
+    # Each step's split shows up, in order. Between them a read-back may catch HAProxy
+    # between the two weight commands of one switch (green set to 256 while blue is still
+    # 128 reads 66.7 %): that was HAProxy's real state for that instant.
+    milestones = iter(changes)
+    assert all(any(v == want for v in milestones) for want in (0.0, 10.15625, 50.0, 100.0)), changes
+    assert changes[-1] == 100.0, changes
     update = session.record("update-deployment-records").evidence["output_tail"]
     assert update == [f"recorded {engine.deployment_id} cdd01ef066bc6cf2"]
     location = session.record("generate-deployment-report").evidence["location"]

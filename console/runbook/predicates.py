@@ -259,6 +259,27 @@ def unwatched(
     return gaps
 
 
+def bracketed_serving(
+    marks: Sequence[TrafficMark], environment: str, since: datetime, until: datetime
+) -> bool | None:
+    """Whether ``environment`` carried traffic from ``since`` to ``until``, when the split
+    read back then was unknown: the known read-backs just before ``since``, within the
+    span, and just after ``until`` must all agree (all with a share, or all without one).
+
+    None when a side has no known read-back or they disagree (the split may have moved
+    while it could not be read): the alert then stays unknown, never a pass.
+    """
+
+    known = [m for m in marks if serves(environment, m.green_percentage) is not None]
+    before = [m for m in known if m.at <= since]
+    after = [m for m in known if m.at >= until]
+    if not before or not after:
+        return None
+    inside = [m for m in known if since < m.at < until]
+    answers = {serves(environment, m.green_percentage) for m in (before[-1], *inside, after[0])}
+    return answers.pop() if len(answers) == 1 else None
+
+
 @dataclass(frozen=True)
 class AlertHistory:
     """What the engine saw of the alert rules since the procedure started.
@@ -965,7 +986,12 @@ class AlertsCheck(_Predicate):
         for f in hist.fired:
             if not in_period(f):
                 continue
-            counts = self._counts(f.environment, f.serving)
+            serving = f.serving
+            if serving is None and f.environment is not None:
+                serving = bracketed_serving(
+                    hist.traffic, f.environment, f.active_since or f.first_seen, f.first_seen
+                )
+            counts = self._counts(f.environment, serving)
             key = (f.rule_id, f.environment, counts)
             if key in done:
                 continue
