@@ -511,11 +511,19 @@ def _wait_for_green_rate(prometheus: Prometheus, window: str) -> None:
     )
 
 
+def _wait_for_both_rates(prometheus: Prometheus, window: str) -> None:
+    """Until both environments' request rates over ``window`` are above 10 per second."""
+    prometheus.wait_for_sample(
+        f"count(sum by (environment) (rate(acgs_requests_total[{window}])) > 10) == 2",
+        timeout=30,
+    )
+
+
 @pytest.mark.engines
 async def test_prometheus_real_values_from_fleet_traffic(
     prometheus: Prometheus, steady_traffic: float
 ) -> None:
-    _wait_for_green_rate(prometheus, WINDOW)
+    _wait_for_both_rates(prometheus, WINDOW)
     result = await _fetch(_source(prometheus.url, window=WINDOW))
     for env in Environment:
         m = result[env]
