@@ -90,6 +90,19 @@ def make_app(config: AppConfig, tmp_path: Path) -> ConsoleApp:
 
 async def start_deployment(pilot: Any, app: ConsoleApp) -> tuple[RunbookScreen, DeploymentSession]:
     await wait_for(pilot, lambda: app.sweeps_completed >= 1, "the first sweep", 30)
+
+    def settled() -> bool:
+        # The estate the runbook starts from: the split read back, no critical alert firing
+        # (the shared fleet may still carry an earlier test's faults in its metrics window).
+        snap = app.runbook_driver.latest
+        return (
+            snap is not None
+            and not snap.traffic.stale
+            and snap.traffic.green_percentage is not None
+            and not any(a.severity == "critical" for a in snap.firing)
+        )
+
+    await wait_for(pilot, settled, "a settled estate before the deployment", 60)
     await pilot.press("d")
     await wait_for(pilot, lambda: isinstance(app.screen, RunbookScreen), "the runbook", 10)
     screen = app.screen
@@ -126,8 +139,11 @@ async def do_step(
         await wait_for(pilot, gate_open, f"the gate of {step_id} to open", GATE_WAIT_S)
     except AssertionError:
         view = screen.view
+        state = session.engine.state
         raise AssertionError(
-            f"gate of {step_id} stayed closed: {view.reasons if view else '?'}"
+            f"gate of {step_id} stayed closed: {view.reasons if view else '?'}; "
+            f"alerts fired: {[f.model_dump(mode='json') for f in state.fired]}; "
+            f"split read back: {[m.model_dump(mode='json') for m in state.traffic_seen]}"
         ) from None
     record = session.record(step_id)
     before = (record.state, record.attempts, record.finished_at)
