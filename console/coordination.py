@@ -480,11 +480,24 @@ class Coordinator:
             operator=self.operator,
             role=self._role,
             can_drive=driving,
-            reason=self._reason or self._default_reason(),
+            reason=self._reason_now(),
             holder=self._own_holder() if self._grant is not None else self._holder,
             fence=self._grant.fence if self._grant is not None and driving else None,
             deadline_in_s=deadline_in,
         )
+
+    def _reason_now(self) -> str:
+        reason = self._reason or self._default_reason()
+        holder = self._holder
+        if (
+            self._role is Role.UNAVAILABLE
+            and holder is not None
+            and holder.operator != self.operator
+            and holder.operator not in reason
+        ):
+            # Read-only while the store is down: still say who drove when it was last seen.
+            reason += f"; last known lead: {holder.operator}"
+        return reason
 
     def _default_reason(self) -> str:
         if self._role is Role.FREE:

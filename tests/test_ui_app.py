@@ -15,20 +15,14 @@ from typing import Any
 
 import pytest
 import ui_fixtures as fx
-from pilot_support import WAIT_S, notes_seen, wait_until
+from pilot_support import notes_seen
+from pilot_support import wait_until as wait_for
 
 from backends.models import ORCHESTRATORS, Environment, Snapshot
 from console.ui.app import ConsoleApp
 from console.ui.screens.help import HelpScreen
 from console.ui.ui_state import STATE_FILE
 from themes.themes import THEME_NAMES
-
-
-async def wait_for(
-    pilot: Any, condition: Callable[[], bool], what: str, seconds: float = WAIT_S
-) -> None:
-    """Let the app(s) run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
-    await wait_until(pilot, condition, what, seconds)
 
 
 def notifications(app: ConsoleApp) -> list[str]:

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 import ui_fixtures as fx
-from pilot_support import WAIT_S, click_when_drawn, notes_seen, wait_until
+from pilot_support import click_when_drawn, notes_seen
+from pilot_support import wait_until as until
 from runbook_fixtures import Clock, snapshot
 from test_coordination import Relay
 from test_ui_rollback import set_green_50, traffic_through, weights
@@ -119,13 +120,6 @@ def console(tmp_path: Path, cfg: AppConfig, name: str, **kwargs: Any) -> Console
 
 
 # --- waiting and looking --------------------------------------------------------------------
-
-
-async def until(
-    pilot: Any, condition: Callable[[], bool], what: str, seconds: float = WAIT_S
-) -> None:
-    """Let the app(s) run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
-    await wait_until(pilot, condition, what, seconds)
 
 
 async def started(pilot: Any, app: ConsoleApp) -> None:

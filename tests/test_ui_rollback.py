@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 import pytest
 import ui_fixtures as fx
-from pilot_support import WAIT_S, notes_seen, wait_until
+from pilot_support import notes_seen
+from pilot_support import wait_until as wait_for
 
 from backends.models import (
     ComplianceCheck,
@@ -84,13 +85,6 @@ OPERATOR = "test-operator"
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-async def wait_for(
-    pilot: Any, condition: Callable[[], bool], what: str, seconds: float = WAIT_S
-) -> None:
-    """Let the app(s) run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
-    await wait_until(pilot, condition, what, seconds)
 
 
 def notifications(app: ConsoleApp) -> list[str]:

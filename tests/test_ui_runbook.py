@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import ui_fixtures as fx
-from pilot_support import WAIT_S, click_when_drawn, wait_until
+from pilot_support import click_when_drawn
+from pilot_support import wait_until as wait_for
 from runbook_fixtures import QUIET, Clock, alert, snapshot
 from ui_runbook_fixtures import NOTE, degraded_green, make_session, ui_config, walk_to
 from walk_fixtures import python_argv, weights
@@ -31,13 +32,6 @@ from console.ui.screens.runbook_dialogs import EndDialog, ReasonDialog, ResumeDi
 
 SIZES = [(80, 24), (120, 40)]
 SKIP_REASON = "no dependency audit tool at this site yet"
-
-
-async def wait_for(
-    pilot: Any, condition: Callable[[], bool], what: str, seconds: float = WAIT_S
-) -> None:
-    """Let the app(s) run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
-    await wait_until(pilot, condition, what, seconds)
 
 
 async def type_text(pilot: Any, text: str) -> None:

@@ -365,16 +365,7 @@ class OperatorsDriver:
         coordinator = self.coordinator
         if coordinator is None:
             return self.error or "coordination is starting: read-only until the lease is known"
-        status = coordinator.status()
-        holder = status.holder
-        if (
-            status.role is Role.UNAVAILABLE
-            and holder is not None
-            and holder.operator != status.operator
-            and holder.operator not in status.reason
-        ):
-            return f"{status.reason}; last known lead: {holder.operator}"
-        return status.reason
+        return coordinator.status().reason
 
     def check_action(self, action: str) -> bool | None:
         """The App's ``check_action`` for :data:`OPERATOR_ACTIONS`.
