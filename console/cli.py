@@ -19,6 +19,9 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_UNUSABLE = 2
 
+FIRST_SWEEP_WAIT_S = 0.4
+"""The TUI's start waits this long at most for the first sweep, so its first frame has data."""
+
 
 def _print_config_error(err: Exception) -> None:
     from console.config import ConfigError
@@ -80,9 +83,17 @@ def _tui(args: argparse.Namespace) -> int:
         except ConfigError as err:
             _print_config_error(err)
             return EXIT_UNUSABLE
+        # The monitor is built on its own thread while the UI is imported; then its first
+        # sweep runs on a quiet interpreter (a probe timed while this thread works would
+        # read hundreds of ms), so the first frame shows data. A slow sweep is not awaited.
+        from console.sweeps import start_first_sweep
+
+        first_sweep = start_first_sweep(cfg, hold=True)
         from console.ui.app import run_tui
 
-        return run_tui(cfg, path, read_only=args.read_only)
+        first_sweep.go()
+        first_sweep.wait(FIRST_SWEEP_WAIT_S)
+        return run_tui(cfg, path, read_only=args.read_only, first_sweep=first_sweep)
     finally:
         if handle is not None:
             handle.stop()

@@ -628,8 +628,19 @@ def _env_var_for(loc: tuple[str | int, ...]) -> str | None:
 
 def _redact(text: str) -> str:
     """Hide anything that looks like a credential inside a shown value."""
-    text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1(hidden)", text, flags=re.IGNORECASE)
-    return re.sub(r"(//[^:/@\s]*:)[^@\s]*@", r"\1(hidden)@", text)
+    text = re.sub(
+        r"(password\s*=\s*)(?!\(hidden\))('[^']*'|\S+)", r"\1(hidden)", text, flags=re.IGNORECASE
+    )
+    return re.sub(r"(//[^:/@\s]*:)(?!\(hidden\)@)[^@\s]*@", r"\1(hidden)@", text)
+
+
+def _shown(raw: Any) -> str:
+    """``repr`` of a bad value with credentials hidden first, so the quoting stays whole."""
+    if isinstance(raw, str):
+        return repr(_redact(raw))
+    if isinstance(raw, list | tuple):
+        return "[" + ", ".join(_shown(item) for item in raw) + "]"
+    return repr(raw)
 
 
 def _problems(err: ValidationError, source: str) -> list[ConfigProblem]:
@@ -641,7 +652,7 @@ def _problems(err: ValidationError, source: str) -> list[ConfigProblem]:
         field = ".".join(str(p) for p in loc) or "(top level)"
         env_var = _env_var_for(loc)
         raw = e.get("input")
-        shown = "nothing" if e["type"] == "missing" else repr(raw)
+        shown = "nothing" if e["type"] == "missing" else _shown(raw)
         if isinstance(raw, dict):
             shown = (
                 "a table with keys " + ", ".join(sorted(map(str, raw))) if raw else "an empty table"
@@ -655,6 +666,18 @@ def _problems(err: ValidationError, source: str) -> list[ConfigProblem]:
             msg, fix = "invalid value", msg
         if e["type"] == "literal_error":
             fix = "use " + msg.split("Input should be ", 1)[-1]
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # The bad value is the tag the operator wrote (or left out), not the whole table.
+            ctx = e.get("ctx") or {}
+            key = str(ctx.get("discriminator", "kind")).strip("'")
+            field = f"{field}.{key}"
+            env_var = _env_var_for((*loc, key)) or env_var
+            if e["type"] == "union_tag_invalid":
+                shown = _shown(ctx.get("tag"))
+                msg = f"unknown {key}"
+            else:
+                shown = "nothing"
+                msg = f"{key} is missing"
         problems.append(
             ConfigProblem(
                 file=f"${env_var}" if env_var else source,

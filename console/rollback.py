@@ -613,6 +613,8 @@ class RollbackController:
         report_dir: Where incident reports go (default: ``rollback.report_dir``, else
             ``<state dir>/incidents``).
         operator: Who acts (default: the configured operator, else ``user@host``).
+        fence: The fencing number of the lease this console drives with, read when a
+            record is written (None without the lease: break-glass, a lone CLI run).
     """
 
     def __init__(
@@ -624,8 +626,10 @@ class RollbackController:
         audit: AuditTrail | None = None,
         report_dir: Path | None = None,
         operator: str | None = None,
+        fence: Callable[[], int | None] | None = None,
     ) -> None:
         self.config = config
+        self._fence = fence
         self._switch = switch
         self._own_switch = switch is None
         self._client = client
@@ -1213,9 +1217,15 @@ class RollbackController:
         except Exception as exc:
             return AuditOutcome(stored=False, spooled=False, error=f"no audit trail: {exc}")
 
+        fence = self._fence() if self._fence is not None else None
+
         def append() -> AppendResult:
             return trail.append(
-                action, evidence=evidence, operator=operator, deployment_id=deployment_id
+                action,
+                evidence=evidence,
+                operator=operator,
+                deployment_id=deployment_id,
+                fence=fence,
             )
 
         try:

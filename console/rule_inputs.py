@@ -38,6 +38,10 @@ class ConfiguredRuleInputs:
         self._audit: AuditVerification | None = None
         self._audit_checked = -float("inf")
         self._audit_task: asyncio.Task[None] | None = None
+        # Imported here, where the source is built, and not inside the first sweep: an import
+        # there holds the sweep's loop while its probes are being timed.
+        import console.audit
+        import console.runbook.security  # noqa: F401
 
     async def __call__(self) -> RuleInputs:
         """The inputs for this sweep (never raises; failures become unknown)."""

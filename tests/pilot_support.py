@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from textual.css.query import NoMatches
+
 WAIT_S = 45.0
 """How long a test waits for a condition before it fails (a bound, not a target)."""
 
@@ -45,7 +47,12 @@ async def click_when_drawn(pilot: Any, selector: str, seconds: float = WAIT_S) -
     a region yet, and the click would hit nothing.
     """
     app = pilot.app
-    await wait_until(
-        pilot, lambda: app.screen.query_one(selector).region.area > 0, f"{selector} drawn", seconds
-    )
+
+    def drawn() -> bool:
+        try:
+            return bool(app.screen.query_one(selector).region.area > 0)
+        except NoMatches:  # pushed, but its widgets are not mounted yet
+            return False
+
+    await wait_until(pilot, drawn, f"{selector} drawn", seconds)
     await pilot.click(selector)

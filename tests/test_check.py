@@ -198,6 +198,42 @@ def test_all_good_is_exit_0(
     assert "Vulnerability Detected" in capsys.readouterr().out
 
 
+def console_check(*argv: str) -> Any:
+    """``acgs-console check ARGV`` as an operator runs it (the entry point's own code)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACGS_CONSOLE")}
+    return subprocess.run(
+        [sys.executable, "-m", "console", "check", *argv],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.mark.engines
+def test_the_check_command_exits_1_on_findings_and_2_when_it_cannot_run(
+    tmp_path: Path, fleet: Any
+) -> None:
+    config = write_config(tmp_path / "c.toml", fleet_services(fleet), fleet.control_url)
+    done = console_check("--config", str(config), "--json", "--settle", "0")
+    assert done.returncode == 1, done.stderr
+    snapshot = Snapshot.model_validate_json(done.stdout)
+    assert len(snapshot.blue.services) == 9 and len(snapshot.green.services) == 9
+    assert "Traceback" not in done.stderr
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("probe_timeout_s = 'fast'\n", encoding="utf-8")
+    done = console_check("--config", str(bad))
+    assert done.returncode == 2
+    assert "probe_timeout_s" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_heavy_clients_are_imported_lazily() -> None:
     """Importing the monitor, rules and check pulls in no heavy client and no UI."""
     import subprocess

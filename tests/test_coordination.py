@@ -457,6 +457,43 @@ async def test_a_suspended_holder_drives_again_when_a_renewal_gets_through(
     assert "nobody took it meanwhile" in status.reason
 
 
+async def test_a_cut_off_holder_is_refused_at_its_next_action_before_its_deadline(
+    redis_server: RedisServer,
+    consoles: Consoles,
+    relay_factory: Callable[[int], Awaitable[Relay]],
+) -> None:
+    """The issue's "before it can act": the action's own renewal fails, so the action is
+    refused with the reason while the local deadline is still seconds away (no renewer runs
+    here, so nothing but the action itself finds out about the cut)."""
+    relay = await relay_factory(redis_server.port)
+    dep = _deployment()
+    lease_ms = 6000
+    a = consoles.redis(relay.url, dep, ALICE, lease_ms=lease_ms, timeout_s=0.5)
+    b = consoles.redis(redis_server.url, dep, BOB, lease_ms=lease_ms)
+    await a.acquire()
+    fence = a.fence
+    assert fence is not None and a.can_drive()
+
+    relay.partition()
+    assert a.can_drive(), "local knowledge alone cannot know about the cut yet"
+    with pytest.raises(NotDriving, match="renewal failed") as refused:
+        await a.ensure_can_drive("set traffic to 100 % green")
+    status = refused.value.status
+    assert status.role is Role.SUSPENDED and not status.can_drive and status.fence is None
+    assert status.deadline_in_s is not None and status.deadline_in_s > 1.0
+    assert "set traffic to 100 % green" in str(refused.value)
+    # Every other driving path is closed as well, with no further round trip.
+    assert not a.can_drive() and a.fence is None
+    with pytest.raises(NotDriving):
+        await a.publish(EventKind.TRAFFIC, "traffic.set", {"green_percentage": 100.0})
+    with pytest.raises(NotDriving, match="renewal failed"):
+        await a.request_approval("switch-100")
+    # Nobody else holds the lease yet: A stopped itself, Redis did not stop it.
+    seen = await b.acquire()
+    assert seen.role is Role.OBSERVING and seen.holder is not None
+    assert seen.holder.operator == ALICE and seen.holder.fence == fence
+
+
 # --- shared live state ------------------------------------------------------------------------
 
 
@@ -771,6 +808,10 @@ async def test_open_coordinator_follows_the_config(
     with_redis = open_coordinator(_config(redis_url=redis_server.url, lease_ms=2000))
     without = open_coordinator(_config(lock_file=str(tmp_path / "c.lock")))
     named = _config(deployment="prod-eu", lock_file=str(tmp_path / "c.lock"))
+    chosen = open_coordinator(
+        _config(lock_file=str(tmp_path / "d.lock"), four_eyes_gates=["switch-50"])
+    )
+    none = open_coordinator(_config(lock_file=str(tmp_path / "e.lock"), four_eyes_gates=[]))
     try:
         assert with_redis.mode == "redis" and with_redis.operator == "oncall@site"
         assert with_redis.lease_ms == 2000
@@ -785,9 +826,18 @@ async def test_open_coordinator_follows_the_config(
         assert deployment_key(other) != deployment_key(_config())
         assert deployment_key(named) == "prod-eu"
         assert (await with_redis.acquire()).can_drive
+        # Four-eyes gates: the 100 % switch and blue's decommission unless configured.
+        assert with_redis.four_eyes_gates == {"switch-100", "decommission-blue"}
+        assert without.needs_four_eyes("decommission-blue")
+        assert not without.needs_four_eyes("switch-50")
+        assert chosen.four_eyes_gates == {"switch-50"}
+        assert chosen.needs_four_eyes("switch-50") and not chosen.needs_four_eyes("switch-100")
+        assert none.four_eyes_gates == frozenset()
     finally:
         await with_redis.aclose()
         await without.aclose()
+        await chosen.aclose()
+        await none.aclose()
 
 
 def test_a_bad_deployment_name_is_refused_clearly() -> None:

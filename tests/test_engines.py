@@ -373,6 +373,53 @@ def test_missing_engine_fails_under_ci_and_skips_elsewhere(
     assert "apt-get install prometheus" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("factory", "binary", "package"),
+    [
+        ("fresh_redis", "redis-server", "redis-server"),
+        ("fresh_pg_cluster", "postgres", "postgresql"),
+    ],
+)
+def test_a_harness_fixture_with_its_binary_missing_fails_under_ci_naming_it(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    factory: str,
+    binary: str,
+    package: str,
+) -> None:
+    """The real fixture path, not a stand-in: CI set, binary gone, the test fails naming it."""
+    import console.engines as engines
+
+    make = request.getfixturevalue(factory)
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    # Nor in the places find_binary looks beside PATH (/usr/sbin, /usr/lib/postgresql/*/bin).
+    monkeypatch.setattr(engines, "Path", _PathWithoutSystemDirs)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        make()
+    message = str(failed.value)
+    assert f"{binary!r}" in message
+    assert f"apt-get install {package}" in message
+    assert "CI is set" in message
+
+
+class _PathWithoutSystemDirs(type(Path())):  # type: ignore[misc]
+    """``pathlib.Path`` for console.engines, with the system binary directories empty."""
+
+    _HIDDEN = ("/usr/sbin", "/usr/local/sbin", "/usr/lib/postgresql")
+
+    def is_file(self, *args: Any, **kwargs: Any) -> bool:
+        if str(self).startswith(self._HIDDEN):
+            return False
+        return super().is_file(*args, **kwargs)
+
+    def glob(self, pattern: str, *args: Any, **kwargs: Any) -> Any:
+        if str(self).startswith(self._HIDDEN):
+            return iter(())
+        return super().glob(pattern, *args, **kwargs)
+
+
 def test_auto_port_taken_in_a_race_is_replaced(
     tmp_path: Path, start_engine: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,7 +5,7 @@ server whose counters the test sets, with a controlled clock; the Prometheus
 source against a Prometheus that is down, one that hangs, one that answers
 nothing or NaN, and the harness's Prometheus scraping the sandbox fleet. The
 last test feeds the same fleet traffic to both sources and shows that they
-agree on requests/s and P99 within 10 %.
+agree within 10 % on requests/s, P99 and every other metric.
 """
 
 from __future__ import annotations
@@ -645,9 +645,80 @@ async def test_prometheus_and_direct_scrape_agree_on_the_same_traffic(
             assert s.known and p.known, (env, name, s.error, p.error)
             assert s.source == "scrape" and p.source == "prometheus"
             assert s.value == pytest.approx(p.value, rel=0.10), (env, name, s.value, p.value)
-    # The rest of the metrics are there from both sources too.
+    # The rest of the metrics are there from both sources too, and agree as well (the
+    # failure shares of this clean traffic are zero in both: 0 == 0, not "close to").
     for env in Environment:
         assert {m.name for m in by_scrape[env].all() if m.known} == set(METRIC_NAMES)
+        for name in METRIC_NAMES:
+            s = getattr(by_scrape[env], name)
+            p = getattr(by_prom[env], name)
+            assert p.known, (env, name, p.error)
+            assert s.value is not None and p.value is not None
+            assert s.value == pytest.approx(p.value, rel=0.10, abs=1e-9), (
+                env,
+                name,
+                s.value,
+                p.value,
+            )
+
+
+@pytest.mark.engines
+async def test_one_query_per_metric_answers_for_both_environments(
+    prometheus: Prometheus, steady_traffic: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each metric is one PromQL query grouped by environment, not one per environment."""
+    _wait_for_both_rates(prometheus, WINDOW)
+    sent: list[str] = []
+    real = PrometheusSource._query_blocking
+
+    def recording(self: PrometheusSource, query: str) -> Any:
+        sent.append(query)
+        return real(self, query)  # the real query, to the real Prometheus
+
+    monkeypatch.setattr(PrometheusSource, "_query_blocking", recording)
+    result = await _fetch(_source(prometheus.url, window=WINDOW))
+    # One per metric, plus the one that dates the newest sample.
+    assert len(sent) == len(METRIC_NAMES) + 1, sent
+    assert len(set(sent)) == len(sent)
+    for query in sent:
+        assert "by (environment" in query, query
+        assert 'environment=~"blue|green"' in query, query
+    for env in Environment:
+        unknown = {m.name: m.error for m in result[env].all() if not m.known}
+        assert unknown == {}, (env, unknown)
+
+
+@pytest.mark.engines
+async def test_scrape_of_a_hung_service_is_a_timeout_and_never_holds_the_fetch(
+    fleet: Fleet,
+) -> None:
+    """The fleet's hang fault holds /metrics too: the scrape gives up at its timeout."""
+    hung = next(
+        s for s in fleet.services if (s.environment, s.service) == ("green", "test_orchestrator")
+    )
+    other = next(
+        s for s in fleet.services if (s.environment, s.service) == ("blue", "test_orchestrator")
+    )
+    targets = {GREEN: [hung.base_url + "/metrics"], BLUE: [other.base_url + "/metrics"]}
+    fault = {"environment": "green", "service": "test_orchestrator"}
+    response = httpx.post(
+        fleet.control_url + "/control/fault", json={**fault, "kind": "hang"}, timeout=5
+    )
+    assert response.status_code == 200, response.text
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            source = DirectScrapeSource(client, targets, timeout_s=0.3)
+            started = time.monotonic()
+            result = await source.fetch()
+            elapsed = time.monotonic() - started
+    finally:
+        httpx.post(fleet.control_url + "/control/clear", json=fault, timeout=5)
+    assert elapsed < 0.3 + 1.0, f"the fetch took {elapsed:.2f} s"
+    for metric in result[GREEN].all():
+        assert metric.value is None and not metric.known
+        assert metric.error == "scrape failed: timeout after 0.3 s", metric.error
+    # The other environment's target answered: its gauges are there on the first scrape.
+    assert result[BLUE].cache_hit_rate.known, result[BLUE].cache_hit_rate.error
 
 
 def test_prometheus_client_library_is_imported_lazily() -> None:

@@ -323,6 +323,51 @@ async def test_wrong_hash_fires_the_hash_alert(fleet: Any) -> None:
     assert alert(snapshot, "constitutional.compliance_violation/blue").phase is AlertPhase.FIRING
 
 
+async def test_redis_auth_error_and_postgres_down_are_named_states_in_the_sweep(
+    fleet: Any, fresh_redis: Any, fresh_pg_cluster: Any
+) -> None:
+    """Real engines: a Redis that wants a password the config lacks; a primary stopped."""
+    guarded = fresh_redis(password="correct-horse-7")
+    cluster = fresh_pg_cluster()
+    config = fleet_config(fleet, redis_url=guarded.url, pg=cluster)
+    async with monitoring(config) as monitor:
+        await asyncio.to_thread(cluster.stop_primary)
+        snapshot = await monitor.sweep()
+    for side in (snapshot.blue, snapshot.green):
+        assert side.redis.state is ProbeState.AUTH_FAILED, side.redis
+        assert not side.redis.operational and side.redis.reason
+        assert "correct-horse-7" not in side.redis.model_dump_json()
+        assert side.replication.state is ProbeState.REFUSED, side.replication
+        assert side.replication.synchronized is None  # unknown, never "synchronized"
+        assert "refused" in side.replication.reason
+        # The services themselves are fine: one bad engine spoils nothing else.
+        assert side.services_up == 9
+
+
+@pytest.mark.parametrize(
+    ("kind", "state", "verdicts"),
+    [
+        ("garbage", ServiceState.BAD_RESPONSE, ("unknown", "ok")),
+        ("missing_hash", ServiceState.UP, ("missing", "missing")),
+    ],
+)
+async def test_garbage_and_missing_hash_are_named_in_the_snapshot_and_never_pass(
+    fleet: Any, kind: str, state: ServiceState, verdicts: tuple[str, str]
+) -> None:
+    config = fleet_config(fleet)
+    async with monitoring(config) as monitor:
+        with fault(fleet, "green", "cache_optimizer", kind):
+            snapshot = await monitor.sweep()
+    hit = service(snapshot, "green", "cache_optimizer")
+    assert hit.state is state and hit.reason
+    assert (hit.body_hash_verdict.value, hit.header_hash_verdict.value) == verdicts
+    assert not hit.hash_ok
+    failed = {c.name: c.detail for c in snapshot.green.compliance.failed}
+    assert "cache_optimizer" in failed.get("body hash", ""), failed
+    assert not alert_passes(alert(snapshot, "constitutional.hash_mismatch/green"))
+    assert alert_passes(alert(snapshot, "constitutional.hash_mismatch/blue"))
+
+
 async def test_metrics_when_prometheus_hangs_or_goes_away(
     fleet: Any, fresh_prometheus: Any
 ) -> None:

@@ -3,7 +3,8 @@
 Synchronized on the real replica; replay paused on the replica plus writes on the primary
 show the byte lag and "not synchronized", resuming brings it back; a stopped primary is
 refused and comes back; a wrong password is auth_failed (and never shown); a role without
-pg_monitor cannot read the details; a server that never answers is a timeout; DSNs that
+pg_monitor cannot read the details; a server that never answers is a timeout, one that
+answers garbage an error; DSNs that
 point at the wrong server, an unreachable replica and too few replicas are named.
 """
 
@@ -21,7 +22,7 @@ from pydantic import SecretStr
 
 from backends.models import ProbeState, ReplicationStatus
 from backends.postgres import ReplicationProber, close_replication_probers, probe_replication
-from console.engines import PostgresCluster, free_port
+from console.engines import HAProxy, PostgresCluster, free_port
 
 pytestmark = pytest.mark.engines
 
@@ -252,6 +253,31 @@ async def test_silent_server_is_timeout() -> None:
     assert accepted, "the probe should have connected"
     assert status.state is ProbeState.TIMEOUT, status
     assert status.synchronized is None
+
+
+async def test_garbage_reply_is_a_named_error(haproxy: HAProxy) -> None:
+    """A real server that does not speak the PostgreSQL protocol (HAProxy's HTTP frontend)."""
+    garbage = f"host=127.0.0.1 port={haproxy.frontend_port} user=postgres dbname=postgres"
+
+    status = await probe(garbage, [])
+
+    assert status.state is ProbeState.ERROR, status
+    assert status.primary_reachable is False
+    assert status.synchronized is None
+    assert "invalid response" in status.reason
+
+
+async def test_garbage_from_the_replica_dsn_is_not_synchronized(
+    pg_cluster: PostgresCluster, haproxy: HAProxy
+) -> None:
+    garbage = f"host=127.0.0.1 port={haproxy.frontend_port} user=postgres dbname=postgres"
+
+    status = await probe(pg_cluster.primary_dsn, [garbage])
+
+    assert status.state is ProbeState.DEGRADED, status
+    assert status.synchronized is False
+    assert status.replica_in_recovery is None
+    assert "not checked" in status.reason
 
 
 async def test_primary_dsn_pointing_at_the_replica_is_named(pg_cluster: PostgresCluster) -> None:

@@ -2,7 +2,8 @@
 
 Healthy, keyspace hit ratio, cluster mode (``cluster_state`` fail, then ok once slots are
 assigned), a replica whose master link is down, auth failure (no password and a wrong one),
-refusal, a server that accepts and never answers, connection reuse without leaks, and
+refusal, a server that accepts and never answers, a server that answers garbage (HAProxy's
+HTTP frontend), connection reuse without leaks, and
 reconnecting after a restart. Every failure is a named state; none is operational.
 """
 
@@ -19,7 +20,7 @@ from pydantic import SecretStr
 
 from backends.models import ProbeState, RedisStatus
 from backends.redis_probe import RedisProber, close_redis_probers, probe_redis
-from console.engines import RedisServer, free_port
+from console.engines import HAProxy, RedisServer, free_port
 
 pytestmark = pytest.mark.engines
 
@@ -243,6 +244,15 @@ async def test_silent_server_is_timeout_and_its_connections_are_closed() -> None
             return silent.open == 0
 
         await wait_for(all_closed, timeout=5, what="timed-out connections closed")
+
+
+async def test_garbage_reply_is_a_named_error_never_ok(haproxy: HAProxy) -> None:
+    """A real server that does not speak RESP: HAProxy's HTTP frontend answers a 400 page."""
+    status = await probe_redis(f"redis://127.0.0.1:{haproxy.frontend_port}/0", timeout_s=2.0)
+
+    assert_not_operational(status, ProbeState.ERROR)
+    assert "Protocol Error" in status.reason and "HTTP/1.1 400" in status.reason
+    assert status.role is None and status.connected_clients is None
 
 
 @pytest.mark.parametrize(

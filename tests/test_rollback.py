@@ -278,6 +278,156 @@ def test_default_runbook_plans_the_rollback_50_monitor_0_validate() -> None:
     assert emergency.kind == "reference" and emergency.handled_by == "console.rollback"
 
 
+VALIDATE_BLUE = (
+    "import sys, urllib.request\n"
+    "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+    "for url in sys.argv[1:]:\n"
+    "    with opener.open(url, timeout=5) as r:\n"
+    "        assert r.status == 200, url\n"
+    "print(f'blue: {len(sys.argv) - 1} services healthy')\n"
+)
+"""The site's "validate blue" command of the test: every blue health URL answers 200."""
+
+
+async def test_planned_rollback_walks_50_monitor_0_validate_blue_through_its_gates(
+    tmp_path: Path, fleet: Any, fresh_haproxy: Callable[..., HAProxy]
+) -> None:
+    # The runbook's "Planned Rollback" walked by the real engine on real sweeps of the fleet,
+    # from all traffic on green: each step opens only when the one before passed.
+    from walk_fixtures import security_files
+
+    from backends.traffic import HAProxyRuntimeSwitch
+    from console.monitor import Monitor
+    from console.rule_inputs import ConfiguredRuleInputs
+    from console.runbook.engine import EngineError, RunbookEngine, StepState
+    from console.runbook.loader import load_runbook
+
+    proxy = fresh_haproxy()
+    blue_health = [s.base_url + "/health" for s in fleet.services if s.environment == "blue"]
+    cfg = load(
+        write_config(
+            tmp_path,
+            fleet,
+            haproxy_traffic(proxy),
+            monitor_windows={"rollback-monitor-50": 1.5},
+            security=security_files(tmp_path / "security"),  # what every alert rule reads
+            commands={
+                "rollback-validate-blue": {
+                    "argv": [sys.executable, "-c", VALIDATE_BLUE, *blue_health],
+                    "timeout_s": 30.0,
+                }
+            },
+        )
+    )
+    for command in ("set weight acgs/blue 0", "set weight acgs/green 256"):
+        assert proxy.admin_command(command).strip() == ""
+    assert weights(proxy) == (0, 256)
+    engine = RunbookEngine.start(
+        load_runbook(),
+        cfg,
+        "test-operator",
+        procedure="planned-rollback",
+        traffic=HAProxyRuntimeSwitch(str(proxy.admin_socket)),
+    )
+    op = "test-operator"
+    monitor = Monitor(cfg, inputs=ConfiguredRuleInputs(cfg))
+    async with monitor, traffic_through(proxy.frontend_url):
+        engine.observe(await monitor.sweep())
+        assert engine.current_step_id == "rollback-switch-50"
+        assert (await engine.proceed(op)).state is StepState.PASSED
+        assert weights(proxy) == (128, 128)
+
+        window = await engine.proceed(op)
+        assert window.step_id == "rollback-monitor-50" and window.state is StepState.RUNNING
+        # The gate: while the window runs, 0 % is out of reach.
+        gate = engine.gate()
+        assert gate is not None and not gate.open and "the step is running" in gate.reasons
+        with pytest.raises(EngineError):
+            await engine.shift_traffic(op)
+        assert weights(proxy) == (128, 128)
+        deadline = time.monotonic() + 20
+        while engine.record("rollback-monitor-50").state is StepState.RUNNING:
+            assert time.monotonic() < deadline, "the window never closed"
+            engine.observe(await monitor.sweep())
+            engine.tick()
+            await asyncio.sleep(0.2)
+        watched = engine.record("rollback-monitor-50")
+        assert watched.state is StepState.PASSED, watched.reason
+        assert watched.evidence["snapshots"] >= 1
+
+        engine.observe(await monitor.sweep())
+        to_blue = await engine.proceed(op)
+        assert to_blue.step_id == "rollback-switch-0" and to_blue.state is StepState.PASSED
+        assert weights(proxy) == (256, 0)
+        assert to_blue.evidence["read_back"]["green_weight"] == 0
+
+        validate = await engine.proceed(op)
+        assert validate.step_id == "rollback-validate-blue"
+        assert validate.state is StepState.PASSED, validate.reason
+        assert validate.evidence["exit_code"] == 0
+        assert validate.evidence["output_tail"] == ["blue: 9 services healthy"]
+
+        engine.observe(await monitor.sweep())
+        healthy = await engine.proceed(op)
+        assert healthy.step_id == "rollback-blue-healthy"
+        assert healthy.state is StepState.PASSED, healthy.reason
+    assert engine.finished and engine.state.outcome == "completed"
+
+
+async def test_a_switch_that_claims_success_is_judged_by_the_read_back(
+    tmp_path: Path, fleet: Any, fresh_haproxy: Callable[..., HAProxy]
+) -> None:
+    # A broken site script: it exits 0 and moves nothing. The read-back asks the real
+    # HAProxy, which still has green at 50 %: no success, the manual fallback, exit 3.
+    proxy = fresh_haproxy()
+    set_green_50(proxy)
+    read_haproxy = (
+        "import socket, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from backends.traffic import parse_servers_state\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.connect(sys.argv[1])\n"
+        "s.sendall(b'show servers state acgs\\n')\n"
+        "data = b''\n"
+        "while chunk := s.recv(65536):\n"
+        "    data += chunk\n"
+        "rows = parse_servers_state(data.decode(), 'acgs')\n"
+        "blue, green = (int(rows[n]['srv_uweight']) for n in ('blue', 'green'))\n"
+        "print(100 * green / (blue + green))\n"
+    )
+    traffic = {
+        "kind": "command",
+        "set_argv": [sys.executable, "-c", "print('switched')", "{green_percentage}"],
+        "read_argv": [sys.executable, "-c", read_haproxy, str(proxy.admin_socket)],
+        "timeout_s": 10.0,
+    }
+    path = write_config(tmp_path, fleet, traffic)
+    events: list[RollbackEvent] = []
+    controller = RollbackController(load(path))
+    try:
+        result = await controller.run(
+            started=time.monotonic(), reason="lying script", progress=events.append
+        )
+    finally:
+        await controller.aclose()
+    # The script said "switched"; the switch's own read-back said otherwise, every time.
+    switch = result.step(STEP_SWITCH)
+    assert switch is not None and not switch.ok
+    assert "read-back after setting 0 % green shows 50 %" in switch.detail
+    assert len(result.attempts) == 3 and not any(a.ok for a in result.attempts)
+    assert result.read_back is not None and result.read_back.green_percentage == 50.0
+    assert result.outcome is RollbackOutcome.SWITCH_FAILED
+    assert not result.success and not result.switched
+    assert "green is NOT at 0" in result.step(STEP_READ_BACK).detail  # type: ignore[union-attr]
+    assert result.manual_fallback == FALLBACK
+    assert len(events_of(events, RollbackEventKind.MANUAL_FALLBACK)) == 1
+    assert "SWITCH FAILED" in Path(result.report_paths[0]).read_text()
+    assert weights(proxy) == (128, 128)
+    code, out, err = await run_cli(path, "--to", "blue", "--yes")
+    assert code == 3, err
+    assert FALLBACK in out and "traffic is NOT confirmed on blue" in out
+
+
 # --- rollback against a real HAProxy ----------------------------------------------------------
 
 

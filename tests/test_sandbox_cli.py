@@ -47,6 +47,18 @@ def sandbox_cmd(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def console_cmd(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``acgs-console ARGV``: the installed entry point's own code (``python -m console``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "console", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=_env(),
+    )
+
+
 def control_state(cfg: AppConfig) -> dict[str, object]:
     assert cfg.sandbox is not None and cfg.sandbox.control_url
     response = httpx.get(cfg.sandbox.control_url + "/control/state", timeout=5)
@@ -92,7 +104,8 @@ def test_up_without_engines_writes_a_config_that_fault_drives(tmp_path: Path) ->
         url = cfg.env("green").services["cache_optimizer"].health_url
         assert httpx.get(url, timeout=5).json()["service"] == "cache_optimizer"
 
-        done = sandbox_cmd("fault", "--config", str(config), "green", "--slow", "10")
+        # Exactly the issue's command line, through the acgs-console entry point.
+        done = console_cmd("sandbox", "fault", "--config", str(config), "green", "--slow", "10")
         assert done.returncode == 0, done.stderr
         assert "green: slow 10.0" in done.stdout
         faults = control_state(cfg)["faults"]
@@ -107,7 +120,7 @@ def test_up_without_engines_writes_a_config_that_fault_drives(tmp_path: Path) ->
         assert refused.returncode == 2
         assert "between 0 and 1" in refused.stderr
 
-        done = sandbox_cmd("fault", "--config", str(config), "--clear")
+        done = console_cmd("sandbox", "fault", "--config", str(config), "--clear")
         assert done.returncode == 0 and "no faults injected" in done.stdout
         assert control_state(cfg)["faults"] == []
         assert httpx.get(url, timeout=5).json()["status"] == "healthy"
@@ -178,6 +191,53 @@ def test_background_sandbox_starts_and_stops_with_the_console(tmp_path: Path) ->
     assert not (tmp_path / "bg").exists()
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, timeout=2)
+
+
+def test_readme_first_command_shows_the_console_on_the_sandbox(tmp_path: Path) -> None:
+    """``acgs-console --sandbox`` in a 120x40 pseudo-terminal: the fleet's data on screen,
+    ``q`` quits with 0, and the background sandbox goes with it."""
+    import json
+
+    from test_resume_pty import COLS, ROWS, Terminal
+
+    env = {
+        k: v
+        for k, v in _env().items()
+        if k not in ("COLORTERM", "NO_COLOR", "FORCE_COLOR")
+        and not k.startswith(("TEXTUAL", "ACGS_CONSOLE"))
+    }
+    env.update(
+        TERM="xterm-256color",
+        LANG="C.UTF-8",
+        LC_ALL="C.UTF-8",
+        COLUMNS=str(COLS),
+        LINES=str(ROWS),
+        TMPDIR=str(tmp_path),  # the sandbox's work directory lands here, where we can see it
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
+    term = Terminal([sys.executable, "-m", "console", "--sandbox", "--engines", "none"], env)
+    try:
+        term.wait_for(
+            "both fleets' orchestrators up on screen",
+            lambda text: text.count("✔ up") >= 18 and "BLUE" in text and "GREEN" in text,
+            60,
+        )
+        (work,) = tmp_path.glob("acgs-sandbox-*")
+        services = json.loads((work / "fleet.json").read_text())["services"]
+        url = services[0]["base_url"] + "/health"
+        assert httpx.get(url, timeout=5).json()["status"] == "healthy"
+        assert "traffic blue 100.0%" in term.text()
+
+        term.press("q")
+        deadline = time.monotonic() + 30
+        while term.proc.poll() is None and time.monotonic() < deadline:
+            term.pump(0.2)  # keep reading, or a full terminal would block the console
+        assert term.proc.returncode == 0, term.text()
+    finally:
+        term.close()
+    assert not work.exists(), "the background sandbox's work directory is removed"
+    assert _refused_within(url, 10), "the background sandbox stops with the console"
 
 
 @pytest.mark.engines

@@ -575,6 +575,58 @@ def test_probe_streams_load_one_environment_regardless_of_the_split(
     assert requests_by_env(sandbox)["blue"] == before["blue"]
 
 
+def _blue_profile(fleet: RunningFleet) -> tuple[float, dict[float, float], list[float]]:
+    """Blue's request total, its summed latency buckets (le -> count) and cache-hit gauges."""
+    total = 0.0
+    buckets: dict[float, float] = {}
+    gauges: list[float] = []
+    with httpx.Client() as client:
+        for entry in fleet.state["services"]:
+            if entry["environment"] != "blue":
+                continue
+            _, samples = scrape(entry["base_url"], client)
+            for (name, labels), v in samples.items():
+                if name == "acgs_requests_total":
+                    total += v
+                elif name == "acgs_request_duration_seconds_bucket":
+                    le = float(dict(labels)["le"])
+                    buckets[le] = buckets.get(le, 0.0) + v
+                elif name == "acgs_cache_hit_rate":
+                    gauges.append(v)
+    return total, buckets, gauges
+
+
+def test_default_traffic_is_150_per_second_with_p99_2_to_4_ms_and_90_percent_hits(
+    tmp_path: Path,
+) -> None:
+    """The generator's defaults, measured from the services' own /metrics."""
+    from backends.scrape import histogram_quantile
+
+    fleet = start_fleet(tmp_path, "--seed", "11")  # no --rate: the default
+    try:
+        state = control(fleet, "GET", "/control/state").json()
+        assert state["traffic"]["rate"] == 150.0
+        assert state["split"]["green_percentage"] == 0.0  # all of it goes to blue
+        time.sleep(1.5)  # past the start
+        t0 = time.monotonic()
+        total0, buckets0, _ = _blue_profile(fleet)
+        time.sleep(4.0)
+        total1, buckets1, gauges = _blue_profile(fleet)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop_fleet(fleet)
+
+    rate = (total1 - total0) / elapsed
+    assert 150 * 0.85 <= rate <= 150 * 1.15, f"{rate:.1f} requests/s"
+    delta = sorted((le, buckets1[le] - buckets0.get(le, 0.0)) for le in buckets1)
+    assert delta[-1][1] >= 400, delta  # enough requests for a P99
+    p99_ms = 1000 * histogram_quantile(0.99, delta)
+    assert 2.0 <= p99_ms <= 4.0, f"healthy P99 {p99_ms:.2f} ms"
+    assert len(gauges) == 9
+    hit_rate = sum(gauges) / len(gauges)
+    assert 0.85 <= hit_rate <= 0.97, f"cache hit rate {hit_rate:.3f}"
+
+
 def test_sigterm_shuts_the_fleet_down_cleanly(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path, "--rate", "50")
     url = fleet.service_url("blue", "performance_suite")

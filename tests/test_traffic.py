@@ -202,6 +202,22 @@ async def test_silent_admin_socket_is_a_timeout() -> None:
     assert split.error and "did not answer" in split.error
 
 
+async def test_garbage_from_the_admin_address_is_unreadable_never_a_split(
+    haproxy: HAProxy,
+) -> None:
+    """host:port of something that is not the runtime API: HAProxy's own HTTP frontend."""
+    switch = HAProxyRuntimeSwitch(f"127.0.0.1:{haproxy.frontend_port}", timeout_s=2.0)
+
+    split = await switch.read_split()
+    assert split.green_percentage is None
+    assert split.blue_weight is None and split.green_weight is None
+    assert split.error and "servers state" in split.error and "400 Bad request" in split.error
+    with pytest.raises(TrafficSwitchError):
+        await switch.set_green_percentage(0)
+    # The real runtime API was never touched.
+    assert (await switch_for(haproxy, "unix").read_split()).green_weight == 0
+
+
 def test_admin_and_names_are_validated() -> None:
     with pytest.raises(ValueError, match="unix socket path or host:port"):
         HAProxyRuntimeSwitch("localhost")

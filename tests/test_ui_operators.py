@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import ui_fixtures as fx
 from pilot_support import click_when_drawn, notes_seen
 from pilot_support import wait_until as until
@@ -36,7 +37,7 @@ from backends.models import Snapshot, utcnow
 from backends.traffic import HAProxyRuntimeSwitch
 from console.audit import open_trail
 from console.config import AppConfig
-from console.coordination import NotDriving, Role
+from console.coordination import EventKind, NotDriving, Role
 from console.deployment import STATE_ACTION, DeploymentError
 from console.engines import HAProxy, RedisServer, free_port
 from console.runbook.engine import StepState
@@ -341,6 +342,77 @@ async def test_a_step_on_the_driver_shows_on_the_other_console_within_one_second
             assert any(e.action == "step.passed" for e in b.operators.received)
 
 
+async def test_a_console_cut_off_from_the_events_catches_up_from_the_audit_trail(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """B's link to Redis is cut while A passes a step, so B never gets the event; once the
+    link is back B's subscription reconnects, resyncs from the audit store and shows the step."""
+    relay = await Relay(redis_server.port).start()
+    dep = deployment_name()
+    a = console(tmp_path, config_for(tmp_path, ALICE, redis_server.url, dep), "a")
+    b = console(tmp_path, config_for(tmp_path, BOB, relay.url, dep), "b")
+    witness = aioredis.Redis.from_url(redis_server.url)
+    heard = witness.pubsub()
+    try:
+        async with a.run_test(size=SIZE) as pa:
+            await started(pa, a)
+            async with b.run_test(size=SIZE) as pb:
+                await started(pb, b)
+                deployment_id = await start_deployment(pa)
+                session_a = a.runbook_driver.session
+                session_b = b.runbook_driver.session
+                assert session_a is not None and session_b is not None
+                await until(
+                    pb, lambda: session_b.deployment_id == deployment_id, "B shows the deployment"
+                )
+                subscription = b.operators.subscription
+                assert subscription is not None
+                await until(pb, lambda: subscription.connected, "B listens")
+                resyncs = subscription.resyncs
+                # A witness straight on Redis sees what A publishes while B cannot.
+                await heard.subscribe(f"acgs-console:{{{dep}}}:events")
+
+                relay.partition()
+                await pa.press("c")
+                await until(
+                    pa,
+                    lambda: session_a.record("pre-verify-hash").state is StepState.PASSED,
+                    "A's step",
+                )
+                published: list[str] = []
+
+                async def listen() -> bool:
+                    message = await heard.get_message(ignore_subscribe_messages=True, timeout=0.05)
+                    if message is not None:
+                        published.append(message["data"].decode())
+                    return any('"step.passed"' in m for m in published)
+
+                for _ in range(TRIES):
+                    if await listen():
+                        break
+                    await pa.pause(0.02)
+                assert any('"step.passed"' in m for m in published), "A did not publish its step"
+                assert session_b.record("pre-verify-hash").state is not StepState.PASSED
+
+                relay.heal()  # drops B's dead connections: the feed reconnects and resyncs
+                await until(pb, lambda: subscription.resyncs > resyncs, "B resyncs")
+                await until(
+                    pb,
+                    lambda: session_b.record("pre-verify-hash").state is StepState.PASSED,
+                    "B catches up from the audit trail",
+                )
+                assert session_b.view_only and session_b.deployment_id == deployment_id
+                # It came from the audit store, not from the event B never received.
+                assert not any(
+                    e.action == "step.passed" and e.data.get("step") == "pre-verify-hash"
+                    for e in b.operators.received
+                )
+    finally:
+        await heard.aclose()  # type: ignore[no-untyped-call]
+        await witness.aclose()
+        await relay.close()
+
+
 async def test_hand_over_the_other_console_takes_the_lead_and_records_its_own_fence(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -536,6 +608,11 @@ async def test_break_glass_from_a_console_without_the_lead_rolls_back_with_its_i
             assert weights(proxy) == (128, 128), "nothing moves before the reason is given"
             field.value = reason  # type: ignore[attr-defined]
             await pb.press("enter")
+            # The rollback shows on the driver's console within 1 s of the key press.
+            pressed_at = time.monotonic()
+            while not any("started the emergency rollback" in n and BOB in n for n in notes(a)):
+                assert time.monotonic() - pressed_at < 1.0, "A did not show B's rollback in 1 s"
+                await pa.pause(0.01)
             await until(
                 pb,
                 lambda: len(b.rollback.results) == 1 and b.rollback.phase is RollbackPhase.IDLE,
@@ -552,6 +629,17 @@ async def test_break_glass_from_a_console_without_the_lead_rolls_back_with_its_i
                 pa, lambda: any("BREAK-GLASS" in n and BOB in n for n in notes(a)), "A is told"
             )
             assert a.operators.can_drive() and not b.operators.can_drive()
+            # The holder's own F9: an ordinary rollback, recorded under its fencing number.
+            fence_a = a.operators.coordinator.fence  # type: ignore[union-attr]
+            assert fence_a is not None
+            await pa.press("f9")
+            await until(
+                pa,
+                lambda: len(a.rollback.results) == 1 and a.rollback.phase is RollbackPhase.IDLE,
+                "A's rollback to end",
+            )
+            assert a.rollback.results[0].success, a.rollback.results[0].problems
+            assert a.rollback.results[0].trigger != "break-glass"
 
     made = records(cfg_a)
     glass = [r for r in made if r.action == "break_glass"]
@@ -559,8 +647,11 @@ async def test_break_glass_from_a_console_without_the_lead_rolls_back_with_its_i
     assert glass[0].operator == BOB and glass[0].evidence["reason"] == reason
     assert glass[0].evidence["lease_holder"] == ALICE
     assert glass[0].evidence["console_was_driving"] is False
-    incident = [r for r in made if r.action == "rollback"]
-    assert len(incident) == 1 and incident[0].operator == BOB
+    incident = {r.operator: r for r in made if r.action == "rollback"}
+    assert set(incident) == {ALICE, BOB}
+    # Break-glass holds no lease, so no fence; the holder's rollback carries its own.
+    assert incident[BOB].fence is None
+    assert incident[ALICE].fence == fence_a
 
 
 async def test_with_redis_down_the_console_is_read_only_says_why_and_f9_still_offers_rollback(
@@ -588,6 +679,67 @@ async def test_with_redis_down_the_console_is_read_only_says_why_and_f9_still_of
         await pa.press("escape")
         await until(pa, lambda: any("cancelled" in n for n in notes(a)), "the cancel")
         assert a.rollback.phase is RollbackPhase.IDLE and a.rollback.results == []
+
+
+@pytest.mark.engines
+async def test_with_redis_down_both_consoles_are_read_only_and_break_glass_really_rolls_back(
+    tmp_path: Path,
+    fleet: Any,
+    fresh_haproxy: Callable[..., HAProxy],
+    fresh_redis: Callable[..., RedisServer],
+) -> None:
+    server = fresh_redis()
+    url = server.url
+    server.stop()  # configured, and down for both consoles
+    proxy = fresh_haproxy()
+    set_green_50(proxy)
+    dep = deployment_name()
+    cfg_a = fleet_config(tmp_path, ALICE, url, dep, fleet, proxy)
+    cfg_b = fleet_config(tmp_path, BOB, url, dep, fleet, proxy)
+    a = console(tmp_path, cfg_a, "a", source=LiveSnapshots(lambda at: fx.healthy(at, 1)))
+    b = console(tmp_path, cfg_b, "b", source=LiveSnapshots(lambda at: fx.healthy(at, 1)))
+    reason = "Redis is down and green returns 500s"
+    async with a.run_test(size=SIZE) as pa:
+        await started(pa, a)
+        async with b.run_test(size=SIZE) as pb, traffic_through(proxy.frontend_url):
+            await started(pb, b)
+            # Nobody drives: both read-only, gates closed, each saying why.
+            for app, pilot in ((a, pa), (b, pb)):
+                assert role(app) is Role.UNAVAILABLE and not app.operators.can_drive()
+                await until(pilot, lambda app=app: "unreachable" in lease_text(app), "the reason")
+                screen = await open_runbook(pilot)
+                assert screen.check_action("start", ()) is False
+                with pytest.raises(NotDriving, match="unreachable"):
+                    await app.operators.coordinator.request_approval("switch-100")  # type: ignore[union-attr]
+                await pilot.press("d")  # back to the dashboard
+            await until(pb, lambda: b.rendered_sequence is not None, "B's first sweep")
+            assert b.check_action("rollback", ())
+
+            # The emergency brake still works: a reason, then traffic really goes to blue.
+            await pb.press("f9")
+            await until(pb, lambda: isinstance(b.screen, BreakGlassScreen), "the reason")
+            assert "unreachable" in b.screen.why  # type: ignore[attr-defined]
+            assert weights(proxy) == (128, 128)
+            b.screen.query_one("#glass-reason").value = reason  # type: ignore[attr-defined]
+            await pb.press("enter")
+            await until(
+                pb,
+                lambda: len(b.rollback.results) == 1 and b.rollback.phase is RollbackPhase.IDLE,
+                "the rollback to end",
+            )
+            result = b.rollback.results[0]
+            assert result.success, result.problems
+            assert weights(proxy) == (256, 0)
+            assert result.operator == BOB and result.trigger == "break-glass"
+            await until(pb, lambda: len(b.operators.glass_results) == 1, "the break-glass record")
+            assert not a.operators.can_drive() and not b.operators.can_drive()
+
+    made = records(cfg_b)
+    glass = [r for r in made if r.action == "break_glass"]
+    assert len(glass) == 1
+    assert glass[0].operator == BOB and glass[0].evidence["reason"] == reason
+    assert glass[0].evidence["console_was_driving"] is False and glass[0].fence is None
+    assert [r.operator for r in made if r.action == "rollback"] == [BOB]
 
 
 # --- four eyes ------------------------------------------------------------------------------
@@ -702,6 +854,18 @@ async def _four_eyes(tmp_path: Path, redis_server: RedisServer, proxy: HAProxy) 
                 "the 100 % switch",
             )
             assert weights(proxy) == (0, 256)
+            # The traffic change shows on B's console within 1 s.
+            session_b = b.runbook_driver.session
+            assert session_b is not None
+            passed_at = time.monotonic()
+            while session_b.record("switch-100").state is not StepState.PASSED:
+                assert time.monotonic() - passed_at < 1.0, "B did not show the switch in 1 s"
+                await pb.pause(0.01)
+            assert session_b.view_only
+            assert any(
+                e.kind is EventKind.TRAFFIC and e.data.get("step") == "switch-100"
+                for e in b.operators.received
+            )
             assert session.record("switch-100").approved_by == BOB
             await until(pb, lambda: any("Approved gate switch-100" in n for n in notes(b)), "ok")
             fence_a = a.operators.coordinator.fence  # type: ignore[union-attr]
@@ -785,6 +949,97 @@ async def test_a_redis_restart_mid_deployment_the_holder_takes_the_lease_again_a
 
     attested = [r for r in records(cfg_a, deployment_id) if r.action == "step.attested"]
     assert [r.fence for r in attested] == [fence_after]
+
+
+# --- acgs-console --read-only, the real command in a terminal ------------------------------
+
+
+def terminal(config_file: Path, state_home: Path, *flags: str) -> Any:
+    """``python -m console --config FILE [flags]`` in a 120x40 pseudo-terminal."""
+    import os
+    import sys
+
+    from test_resume_pty import ROOT, Terminal
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("COLORTERM", "NO_COLOR", "FORCE_COLOR") and not k.startswith("TEXTUAL")
+    }
+    env.update(
+        TERM="xterm-256color",
+        LANG="C.UTF-8",
+        LC_ALL="C.UTF-8",
+        COLUMNS="120",
+        LINES="40",
+        XDG_STATE_HOME=str(state_home),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    argv = [sys.executable, "-m", "console", "--config", str(config_file), *flags]
+    return Terminal(argv, env)
+
+
+F9 = "\x1b[20~"
+ROLLBACK_SCREENS = (
+    "break-glass: emergency rollback",
+    "confirm emergency rollback to blue",
+    "EMERGENCY ROLLBACK TO BLUE",
+)
+
+
+@pytest.mark.engines
+def test_the_read_only_flag_opens_an_observer_that_never_takes_the_lease(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``acgs-console --read-only`` for real: the free lease stays free, ``l`` and F9 do
+    nothing; a console without the flag, same config otherwise, takes the lease at once and
+    answers F9, and the observer names it."""
+    import redis
+    import tomlkit
+
+    dep = deployment_name()
+    files = {}
+    for name, operator in (("observer", CAROL), ("driver", ALICE)):
+        cfg = config_for(tmp_path, operator, redis_server.url, dep)
+        files[name] = tmp_path / f"{name}.toml"
+        files[name].write_text(tomlkit.dumps(cfg.model_dump(mode="json", exclude_none=True)))
+    lease_key = f"acgs-console:{{{dep}}}:lease"
+    holder_key = f"acgs-console:{{{dep}}}:holder"
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    observer = terminal(files["observer"], tmp_path / "state-observer", "--read-only")
+    driver = None
+    try:
+        observer.wait_for("the observer's lease line", lambda t: "--read-only" in t)
+        assert "observer" in observer.text()
+        observer.press("l")
+        observer.press(F9)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            observer.pump(0.1)
+        assert not any(marker in observer.text() for marker in ROLLBACK_SCREENS), observer.text()
+        assert not client.exists(lease_key), "the observer took the lease"
+
+        driver = terminal(files["driver"], tmp_path / "state-driver")
+        driver.wait_for("the driver's lease line", lambda t: "▶ driving" in t)
+        assert client.hget(holder_key, "operator") == ALICE
+        observer.wait_for("the observer names the driver", lambda t: ALICE in t)
+        assert "--read-only" in observer.text()
+        # The same key on a console that may act does something.
+        driver.press(F9)
+        driver.wait_for(
+            "F9 on the driver", lambda t: any(marker in t for marker in ROLLBACK_SCREENS)
+        )
+        observer.press(F9)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            observer.pump(0.1)
+        assert not any(marker in observer.text() for marker in ROLLBACK_SCREENS), observer.text()
+        assert client.hget(holder_key, "operator") == ALICE
+    finally:
+        observer.close()
+        if driver is not None:
+            driver.close()
+        client.close()
 
 
 # --- the words on the lease line (no engine: a status as the coordinator reports it) --------

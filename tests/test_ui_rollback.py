@@ -29,8 +29,13 @@ import pytest
 import ui_fixtures as fx
 from pilot_support import notes_seen
 from pilot_support import wait_until as wait_for
+from runbook_fixtures import QUIET, Clock, alert
+from runbook_fixtures import snapshot as rb_snapshot
+from ui_runbook_fixtures import NOTE, make_session, walk_to
+from walk_fixtures import python_argv, walk_config
 
 from backends.models import (
+    AlertPhase,
     ComplianceCheck,
     ComplianceResult,
     Environment,
@@ -587,7 +592,7 @@ async def test_a_decommissioned_blue_asks_first_even_when_healthy(tmp_path: Path
     app = make_console(tmp_path, cfg, LiveSource(healthy_blue))
     async with app.run_test(size=(120, 40)) as pilot:
         await first_sweep(pilot, app)
-        app.rollback.blue_decommissioned = True  # the runbook sets this after Phase 3.1
+        app.rollback.blue_decommissioned = True  # known to be shut down, whatever the runbook says
         await pilot.press("f9")
         await wait_for(pilot, lambda: isinstance(app.screen, RollbackConfirmScreen), "the question")
         text = app.screen.reasons_text  # type: ignore[attr-defined]
@@ -661,6 +666,297 @@ async def test_a_failing_switch_is_loud_even_with_the_rollback_screen_hidden(
         ), said
         assert any(n.startswith("Rollback ended: SWITCH FAILED") and FALLBACK in n for n in said)
         assert not any("verified" in n.lower() and "not" not in n.lower() for n in said)
+
+
+# --- F9 on the runbook screen: a running command, a monitor window, engines stopped -----------
+
+
+def runbook_config(
+    tmp_path: Path,
+    fleet: Any,
+    proxy: HAProxy,
+    *,
+    prometheus: Any = None,
+    redis: Any = None,
+    cluster: Any = None,
+    automatic: bool = False,
+    commands: dict[str, Any] | None = None,
+    windows: dict[str, float] | None = None,
+) -> AppConfig:
+    """The walk's config (real fleet, real HAProxy, optionally real Prometheus/Redis/PG)."""
+    extra: dict[str, Any] = {
+        "rollback": {
+            "automatic": automatic,
+            "retries": 2,
+            "retry_backoff_s": 0.05,
+            "verify_window_s": 0.3,
+            "verify_timeout_s": 3.0,
+            "report_dir": str(tmp_path / "incidents"),
+            "manual_fallback": FALLBACK,
+        },
+        "operator": fx.OPERATOR,
+    }
+    if prometheus is not None:
+        extra["prometheus"] = {"url": prometheus.url}
+    return walk_config(
+        tmp_path,
+        fleet,
+        proxy,
+        redis_url=redis.url if redis is not None else None,
+        pg=cluster,
+        audit_dsn=cluster.primary_dsn if cluster is not None else None,
+        commands=commands,
+        windows=windows,
+        **extra,
+    )
+
+
+def green_of(proxy: HAProxy) -> float:
+    blue, green = weights(proxy)
+    return 100.0 * green / (blue + green)
+
+
+async def walk_through(
+    session: Any, clock: Clock, last_step: str, snap: Callable[[datetime], Snapshot]
+) -> None:
+    """Drive ``session`` until ``last_step`` is done, on fixed snapshots and a fake clock.
+
+    Checks pass on the snapshots, unconfigured commands are attested (with the typed name
+    when the step is destructive), traffic steps move the real HAProxy, windows run out.
+    """
+    from console.runbook.engine import StepState
+    from console.runbook.model import StepKind
+
+    done = (StepState.PASSED, StepState.ATTESTED)
+    for _ in range(300):
+        current = session.engine.current()
+        assert current is not None, f"the procedure ended before {last_step}"
+        _, step = current
+        clock.advance(1)  # the "no alerts during the phase" checks allow 5 s between sweeps
+        session.observe(snap(clock.now))
+        kind = session.engine.effective_kind(step)
+        record = await session.proceed(
+            note=NOTE if kind is StepKind.ATTESTATION else None,
+            typed=step.confirm_typed.value if step.confirm_typed is not None else None,
+        )
+        if record.state is StepState.RUNNING:  # a monitor window: let it run out quietly
+            for _ in range(3):
+                clock.advance(1)
+                session.observe(snap(clock.now))
+            session.tick()
+            record = session.record(step.id)
+        assert record.state in done, (step.id, record.reason)
+        if step.id == last_step:
+            return
+    raise AssertionError(f"never reached {last_step}")
+
+
+LONG_COMMAND = (
+    "import time\nfor i in range(600):\n    print(f'validation batch {i} ok', flush=True)\n"
+    "    time.sleep(0.1)\n"
+)
+
+
+@pytest.mark.engines
+@pytest.mark.parametrize("during", ["running command", "monitor window", "critical alert"])
+async def test_rollback_from_the_runbook_screen_with_prometheus_redis_postgres_stopped(
+    tmp_path: Path,
+    fleet: Any,
+    fresh_haproxy: Callable[..., HAProxy],
+    fresh_prometheus: Callable[..., Any],
+    fresh_redis: Callable[..., Any],
+    fresh_pg_cluster: Callable[..., Any],
+    during: str,
+) -> None:
+    """Issue 6, points 1, 3 and 6, in the TUI on a real deployment session.
+
+    ``running command``: F9 while a runbook command streams its output; ``monitor
+    window``: F9 while Phase 2's 10 % window is open; ``critical alert``: no key at all,
+    a critical alert fails that window and ``rollback.automatic`` runs the procedure.
+    In each, the real Prometheus, Redis and PostgreSQL (the audit store too) the config
+    names were running and are stopped before the rollback, and the dashboard is stale
+    (fixed snapshots of long ago): only HAProxy and the fleet are left.
+    """
+    from backends.traffic import HAProxyRuntimeSwitch
+    from console.runbook.engine import StepState
+    from console.ui.screens.runbook import RunbookScreen
+
+    proxy = fresh_haproxy()
+    prometheus, redis, cluster = fresh_prometheus(), fresh_redis(), fresh_pg_cluster()
+    cfg = runbook_config(
+        tmp_path,
+        fleet,
+        proxy,
+        prometheus=prometheus,
+        redis=redis,
+        cluster=cluster,
+        automatic=during == "critical alert",
+        # Only where it is the point: walked past, the command would run for a minute.
+        commands=(
+            {"pre-validation-runner": {"argv": python_argv(LONG_COMMAND), "timeout_s": 120}}
+            if during == "running command"
+            else {}
+        ),
+        windows={"monitor-10": 600.0, "monitor-50": 2.0, "post-switch-monitoring": 2.0},
+    )
+    clock = Clock(fx.T0)
+    session = make_session(cfg, clock, traffic=HAProxyRuntimeSwitch(str(proxy.admin_socket)))
+    session.start()  # PostgreSQL is still up: the deployment's records go into its chain
+
+    def snap(at: datetime) -> Snapshot:
+        return rb_snapshot(at, green_percentage=green_of(proxy))
+
+    if during == "running command":
+        set_green_50(proxy)
+        await walk_to(session, clock, "pre-validation-runner", snap=snap)
+        step_id = "pre-validation-runner"
+    else:
+        await walk_to(session, clock, "switch-10", snap=snap)
+        await walk_through(session, clock, "switch-10", snap)
+        assert weights(proxy) == (230, 26)
+        clock.advance(1)
+        session.observe(snap(clock.now))
+        window = await session.proceed()  # the 10 % window opens (600 s)
+        assert window.state is StepState.RUNNING
+        step_id = "monitor-10"
+    clock.advance(1)
+    shown = snap(clock.now)
+    clock.advance(0.5)
+    app, _ = fx.make_app(tmp_path / "state", [shown], now=clock.now, config=cfg)
+    app.runbook_driver.attach(session)
+
+    async with app.run_test(size=(120, 40)) as pilot, traffic_through(proxy.frontend_url):
+        await wait_for(pilot, lambda: app.sweeps_completed >= 1, "the first sweep")
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunbookScreen), "the runbook")
+        screen = app.screen
+        assert isinstance(screen, RunbookScreen)
+        if during == "running command":
+            await pilot.press("c")
+            log = screen.details.log_widget
+            await wait_for(pilot, lambda: log.line_count >= 3, "the command's output")
+        else:
+            assert "window" in screen.details.plain_text
+        assert session.record(step_id).state is StepState.RUNNING
+
+        # Everything but the load balancer and the fleet goes away.
+        prometheus.stop()
+        redis.stop()
+        cluster.replica.stop()
+        cluster.stop_primary()
+
+        if during == "critical alert":
+            firing = (alert(phase=AlertPhase.FIRING, at=clock.now - timedelta(seconds=3)),)
+            app.runbook_driver.observe(
+                rb_snapshot(clock.now, green_percentage=10.0, alerts=(*firing, *QUIET[1:]))
+            )
+        else:
+            await pilot.press("f9")
+        result = await rollback_ended(pilot, app)
+        lines_at_the_end = screen.details.log_widget.line_count
+
+        assert weights(proxy) == (256, 0)
+        assert result.outcome is RollbackOutcome.VERIFIED, result.problems
+        assert result.requests is not None and (result.requests.blue_requests or 0) > 0
+        assert result.safety is not None and result.safety.safe
+        # The stale dashboard was not trusted: blue was probed directly.
+        assert "direct probe of blue" in result.safety.source, result.safety.source
+        assert "stale" in result.safety.source
+        # PostgreSQL is down: the incident record waits in the local spool.
+        assert result.audit is not None and result.audit.spooled and not result.audit.stored
+        assert isinstance(app.screen, RollbackScreen)
+        assert "spooled locally" in rows(app)[STEP_AUDIT]
+        if during == "critical alert":
+            assert result.automatic and result.trigger == "automatic"
+            assert result.reason.startswith("automatic: critical alert"), result.reason
+            assert any(
+                n.startswith("Automatic rollback to blue started") for n in notifications(app)
+            )
+            assert session.record(step_id).state is StepState.FAILED
+        else:
+            assert result.trigger == "hotkey" and not result.automatic
+        if during != "running command":
+            # Traffic is back on blue: the deployment in progress ended as rolled back.
+            assert session.engine.state.outcome == "rolled_back"
+        if during == "running command":
+            # The rollback neither waited for the command nor stopped it; the deployment
+            # stays open while the command runs, and the console says so.
+            assert session.record(step_id).state is StepState.RUNNING
+            assert session.engine.state.outcome == "in_progress"
+            assert app.runbook_driver.pending_end is not None
+            assert any(
+                "stays open while it is running pre-validation-runner" in n
+                for n in notifications(app)
+            )
+            await wait_for(
+                pilot,
+                lambda: screen.details.log_widget.line_count > lines_at_the_end,
+                "more output after the rollback",
+            )
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is screen, "the runbook screen")
+            await pilot.press("k")
+            await wait_for(
+                pilot, lambda: session.record(step_id).state is StepState.FAILED, "the cancel"
+            )
+            # With the command gone, the deployment ends as rolled back by itself.
+            await wait_for(
+                pilot,
+                lambda: session.engine.state.outcome == "rolled_back",
+                "the deployment to end as rolled back",
+            )
+            assert app.runbook_driver.pending_end is None
+    spooled = (tmp_path / "audit-spool.jsonl").read_text()
+    assert result.incident_id in spooled
+
+
+@pytest.mark.engines
+async def test_after_blue_was_decommissioned_f9_asks_first(
+    tmp_path: Path, fleet: Any, fresh_haproxy: Callable[..., HAProxy]
+) -> None:
+    """Issue 6, point 2: the runbook's Phase 3.1 shut blue down, so F9 names it and asks.
+
+    Blue's services still answer (a graceful shutdown may leave health endpoints up): the
+    runbook's own record is what says blue is decommissioned.
+    """
+    from backends.traffic import HAProxyRuntimeSwitch
+    from console.runbook.engine import StepState
+
+    proxy = fresh_haproxy()
+    cfg = runbook_config(
+        tmp_path,
+        fleet,
+        proxy,
+        windows={"monitor-10": 2, "monitor-50": 2, "post-switch-monitoring": 2},
+    )
+    clock = Clock(fx.T0)
+    session = make_session(cfg, clock, traffic=HAProxyRuntimeSwitch(str(proxy.admin_socket)))
+    session.start()
+
+    def snap(at: datetime) -> Snapshot:
+        return rb_snapshot(at, green_percentage=green_of(proxy))
+
+    await walk_to(session, clock, "switch-10", snap=snap)
+    await walk_through(session, clock, "decommission-blue", snap)
+    assert session.record("decommission-blue").state is StepState.ATTESTED
+    assert weights(proxy) == (0, 256)
+    clock.advance(1)
+    app, _ = fx.make_app(tmp_path / "state", [snap(clock.now)], now=clock.now, config=cfg)
+    app.runbook_driver.attach(session)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.sweeps_completed >= 1, "the first sweep")
+        assert app.rollback.decommissioned()
+        await pilot.press("f9")
+        await wait_for(pilot, lambda: isinstance(app.screen, RollbackConfirmScreen), "the question")
+        confirm = app.screen
+        assert isinstance(confirm, RollbackConfirmScreen)
+        # The only reason: blue itself answers healthy to the direct probe.
+        assert confirm.reasons_text.startswith("✖ blue is decommissioned"), confirm.reasons_text
+        assert "direct probe of blue" in confirm.safety.source
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.rollback.phase is RollbackPhase.IDLE, "the cancel")
+        assert app.rollback.results == []
+        assert weights(proxy) == (0, 256), "a cancelled rollback moved traffic"
 
 
 # --- SVG snapshots: fixed events through the App's message path -----------------------------

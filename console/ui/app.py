@@ -13,10 +13,15 @@ Polling
     a hung probe turns the screen stale instead of freezing it.
 
 Start-up
-    The snapshot source (the monitor, with httpx, redis, psycopg and
-    prometheus-api-client behind it) is built by ``source_factory`` on the
-    sweep thread after the first frame is on screen, so the first frame does
-    not wait for those imports.
+    The first frame that matters is the one with data. The CLI starts the
+    sweep thread before it imports Textual (:func:`console.sweeps.start_first_sweep`):
+    the snapshot source (the monitor, with httpx and the back-ends behind it)
+    is built there and its first sweep runs while the UI imports and paints.
+    The App takes that loop, source and result over (``first_sweep``); without
+    one it starts the same on mount. What the first data frame does not need
+    (the rollback thread's warm-up, the lease and shared state, the runbook's
+    resume prompt, and the redis and psycopg imports behind them) starts only
+    once the first sweep has been drawn, or after :data:`STARTUP_GRACE_S`.
 
 Themes
     ``acgs-dark`` (default), ``acgs-light``, ``acgs-high-contrast``. Chosen by
@@ -34,6 +39,7 @@ Keys
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -48,9 +54,19 @@ from textual.binding import Binding, BindingType
 from textual.theme import Theme
 
 from backends.models import Snapshot, utcnow
+from console.sweeps import (
+    FirstSweep,
+    FirstSweepResult,
+    SnapshotSource,
+    SourceFactory,
+    SweepLoop,
+    default_source_factory,
+    start_first_sweep,
+    sweep_timeout_s,
+)
 from console.ui.commands import ConsoleCommands
 from console.ui.identity import operator_identity
-from console.ui.polling import SnapshotSource, SweepCompleted, SweepFailed, SweepLoop
+from console.ui.polling import SweepCompleted, SweepFailed
 from console.ui.screens.dashboard import DashboardScreen, DashboardState
 from console.ui.screens.help import HelpScreen, key_help
 from console.ui.screens.operators import (  # operators (issue 7)
@@ -71,8 +87,8 @@ from themes.themes import CSS_PATH, DEFAULT_THEME, THEME_NAMES, THEMES, VARIABLE
 if TYPE_CHECKING:
     from console.config import AppConfig
 
-SourceFactory = Callable[["AppConfig"], SnapshotSource]
-"""Builds the snapshot source from the config (called on the sweep thread)."""
+STARTUP_GRACE_S = 2.0
+"""The deferred start-up runs this long after mount at the latest, first sweep or not."""
 
 MAX_BACKOFF_S = 30.0
 """Longest wait between retries of a failing source."""
@@ -192,6 +208,7 @@ class ConsoleApp(App[int]):
         sparkline_samples: int | None = None,
         environ: dict[str, str] | None = None,
         coordinate: bool = False,
+        first_sweep: FirstSweep | None = None,
     ) -> None:
         """Create the console.
 
@@ -209,6 +226,9 @@ class ConsoleApp(App[int]):
             environ: The environment (default: ``os.environ``), for ``TEXTUAL_THEME``.
             coordinate: Coordinate with the other consoles of the deployment (lease, shared
                 state, four eyes; ``run_tui`` does). Without it the console drives alone.
+            first_sweep: The sweep loop with ``source_factory``'s source being built and its
+                first sweep running (:func:`console.sweeps.start_first_sweep`); the App
+                takes both over. Default: started on mount.
         """
         super().__init__()
         if source is None and source_factory is None:
@@ -221,6 +241,9 @@ class ConsoleApp(App[int]):
         self.interval_s = config.refresh_interval_s if poll_interval_s is None else poll_interval_s
         self._source = source
         self._source_factory = source_factory
+        self._first_sweep = first_sweep
+        self._deferred: list[Callable[[], object]] | None = None
+        """Start-up work the first data frame does not need; run once it is drawn."""
         self._sparkline_samples = sparkline_samples
         self._state_dir = state_dir
         self._environ = dict(os.environ if environ is None else environ)
@@ -245,6 +268,7 @@ class ConsoleApp(App[int]):
             snapshot=lambda: self._latest,
             deployment_id=lambda: self._deployment[0],
             operator=self.operator,
+            fence=self._lease_fence,  # operators (issue 7): rollback records carry the fence
         )
         """The emergency rollback: key, confirmation, procedure thread, rollback screen."""
         # -- end rollback --
@@ -354,31 +378,59 @@ class ConsoleApp(App[int]):
     # -- screens ---------------------------------------------------------------------------
 
     async def on_mount(self) -> None:
-        """Show the dashboard, then start the source after the first frame."""
+        """Show the dashboard with the first sweep's data when it is there; defer the rest."""
         history = self._sparkline_samples or max(
             2, min(600, round(SPARKLINE_SPAN_S / self.config.refresh_interval_s))
         )
-        dashboard = DashboardScreen(self.config, history=history)
-        await self.push_screen(dashboard)
+        # What the first data frame does not need runs once it is drawn (_finish_startup).
+        deferred: list[Callable[[], object]] = []
+        if not self.read_only:
+            # The rollback thread, warmed up so the first press pays for nothing (a press
+            # before that starts it on demand).
+            deferred.append(self.rollback.start)
+        # runbook (issue 5): the resume prompt; the engine ticks each second.
+        if self.operators.enabled:
+            # operators (issue 7): the runbook starts once the lease is known; until the
+            # lease is known the console is read-only (F9 is break-glass).
+            deferred.append(self.operators.launch)
+        else:
+            deferred.append(self.runbook_driver.startup)
+        self._deferred = deferred
+        dashboard = DashboardScreen(self.config, history=history, on_ready=self._dashboard_ready)
         self._dashboard = dashboard
+        # A first sweep started before the UI and already done is taken now; the dashboard
+        # draws it once its widgets are mounted (_dashboard_ready), into its first frame.
+        drawn = self._start()
+        await self.push_screen(dashboard)
         self.theme_changed_signal.subscribe(self, self._on_theme_changed)
         self._theme_ready = True
         for note in self._startup_notes:
             self.notify(note, title="configuration", severity="warning", timeout=10)
-        self.render_dashboard()
+        if not drawn or self._render_pending:
+            self.render_dashboard()
         self.set_interval(1.0, self._tick, name="dashboard-tick")
-        self.call_after_refresh(self._start)
-        if not self.read_only:
-            # The rollback thread, warmed up now so the first press pays for nothing.
-            self.call_after_refresh(self.rollback.start)
-        # runbook (issue 5): the resume prompt after the first frame; the engine ticks each second.
         if self.operators.enabled:
-            # operators (issue 7): the runbook starts once the lease is known.
-            self.call_after_refresh(self.operators.launch)
             self.set_interval(1.0, self.operators.tick, name="operators-tick")
-        else:
-            self.call_after_refresh(self.runbook_driver.startup)
         self.set_interval(1.0, self.runbook_driver.tick, name="runbook-tick")
+        if self._deferred is not None:
+            self.set_timer(STARTUP_GRACE_S, self._finish_startup, name="startup-grace")
+
+    def _lease_fence(self) -> int | None:
+        """The fencing number this console drives with (None without the lease)."""
+        operators = getattr(self, "operators", None)
+        coordinator = operators.coordinator if operators is not None else None
+        return coordinator.fence if coordinator is not None else None
+
+    def _dashboard_ready(self) -> None:
+        if self._render_pending:
+            self.render_dashboard()
+            self.screen.refresh(layout=True)
+
+    def _finish_startup(self) -> None:
+        """Run the deferred start-up, once: after the first sweep is drawn, or the grace."""
+        deferred, self._deferred = self._deferred, None
+        for callback in deferred or ():
+            self.set_timer(0.3, callback)
 
     def _dashboard_or_none(self) -> DashboardScreen | None:
         return getattr(self, "_dashboard", None)
@@ -575,28 +627,63 @@ class ConsoleApp(App[int]):
 
     # -- polling ---------------------------------------------------------------------------
 
-    async def _start(self) -> None:
-        self._sweeps = SweepLoop()
-        if self._source is None:
-            self.run_worker(self._create_source(), group="source", exit_on_error=False)
-        else:
+    def _start(self) -> bool:
+        """Start polling; returns whether a first sweep's result was drawn already."""
+        first = self._first_sweep
+        if self._source is not None:
+            self._sweeps = SweepLoop()
             self._poll_now()
+            return False
+        if first is None:
+            assert self._source_factory is not None
+            first = start_first_sweep(
+                self.config, self._source_factory, timeout_s=self.sweep_timeout_s
+            )
+            self._first_sweep = first
+        self._sweeps = first.loop
+        self._in_flight = True  # the first sweep runs; a refresh now starts nothing
+        if first.future.done():
+            # Started before the UI (the CLI does): its result goes into the first frame.
+            self._take_over(first, self._first_result(first))
+            return True
+        self.run_worker(self._await_first_sweep(first), group="source", exit_on_error=False)
+        return False
 
-    async def _create_source(self) -> None:
-        assert self._sweeps is not None and self._source_factory is not None
-        factory, config = self._source_factory, self.config
+    @staticmethod
+    def _first_result(first: FirstSweep) -> FirstSweepResult:
         try:
-            self._source = await asyncio.wrap_future(self._sweeps.call(lambda: factory(config)))
+            return first.future.result()
         except Exception as exc:
-            self._error = f"cannot start the monitor: {type(exc).__name__}: {exc}"
+            return FirstSweepResult(
+                None, None, f"cannot start the monitor: {type(exc).__name__}: {exc}", 0.0
+            )
+
+    async def _await_first_sweep(self, first: FirstSweep) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(first.future)
+        self._take_over(first, self._first_result(first))
+
+    def _take_over(self, first: FirstSweep, result: FirstSweepResult) -> None:
+        """Take over the source built on the sweep thread and its first sweep's result."""
+        self._first_sweep = None
+        if result.source is None:
+            self._in_flight = False
+            self._error = result.error
             self.render_dashboard()
+            self._finish_startup()
             return
-        self._poll_now()
+        self._source = result.source
+        # Counted from the start, so the next sweep keeps the cadence from the first.
+        elapsed = time.monotonic() - first.started
+        if result.snapshot is not None:
+            self._sweep_completed(SweepCompleted(result.snapshot, elapsed))
+        else:
+            self._sweep_failed(SweepFailed(result.error or "the first sweep failed", elapsed))
 
     @property
     def sweep_timeout_s(self) -> float:
         """A sweep taking longer than this is abandoned (each probe has its own, shorter one)."""
-        return max(10.0, 3 * self.interval_s)
+        return sweep_timeout_s(self.interval_s)
 
     def _poll_now(self) -> None:
         """Start a sweep unless one is running (then this request is dropped)."""
@@ -658,6 +745,7 @@ class ConsoleApp(App[int]):
         self._failures += 1
         self._error = message.error
         self.render_dashboard()
+        self._finish_startup()
         self._arm(min(MAX_BACKOFF_S, max(self.interval_s, 0.2) * 2 ** min(self._failures, 8)))
 
     def _accept(self, snapshot: Snapshot) -> None:
@@ -701,6 +789,9 @@ class ConsoleApp(App[int]):
             return
         if self._latest is not None:
             self.rendered_sequence = self._latest.sequence
+            if self._deferred is not None:
+                # The first data frame is drawn: now the rest of the start-up.
+                self._finish_startup()
 
     def _tick(self) -> None:
         # Between sweeps (or while one hangs) ages, timers and staleness still move.
@@ -722,7 +813,13 @@ class ConsoleApp(App[int]):
         await self.rollback.aclose()  # rollback (issue 6): waits up to the 30 s budget
         await self.runbook_driver.aclose()  # runbook (issue 5)
         await self.operators.aclose()  # operators (issue 7): a quitting console hands over
-        sweeps, source = self._sweeps, self._source
+        sweeps, source, first = self._sweeps, self._source, self._first_sweep
+        if first is not None:
+            # Quit before the first sweep was taken over: stop it; its source, if it was
+            # built, still needs closing.
+            sweeps = first.loop
+            first.future.cancel()
+            source = first.built[0] if first.built else None
         if sweeps is None:
             return
         if source is not None:
@@ -733,11 +830,8 @@ class ConsoleApp(App[int]):
         sweeps.stop()
 
 
-def _default_source_factory(config: AppConfig) -> SnapshotSource:
-    from console.monitor import Monitor
-    from console.rule_inputs import ConfiguredRuleInputs
-
-    return Monitor(config, inputs=ConfiguredRuleInputs(config))
+_default_source_factory = default_source_factory
+"""The real source (:func:`console.sweeps.default_source_factory`)."""
 
 
 def run_tui(
@@ -747,6 +841,7 @@ def run_tui(
     read_only: bool = False,
     source_factory: SourceFactory | None = None,
     coordinate: bool = True,
+    first_sweep: FirstSweep | None = None,
 ) -> int:
     """Run the dashboard until the operator quits; the CLI's entry point.
 
@@ -756,16 +851,19 @@ def run_tui(
         read_only: An observer console that can never drive (no rollback).
         source_factory: Builds the snapshot source (default: :class:`console.monitor.Monitor`).
         coordinate: Coordinate with the deployment's other consoles (lease, shared state).
+        first_sweep: The first sweep, started by the caller before importing the UI
+            (:func:`console.sweeps.start_first_sweep` with ``source_factory``).
 
     Returns:
         The process exit code (0 after a normal quit).
     """
     app = ConsoleApp(
         config,
-        source_factory=source_factory or _default_source_factory,
+        source_factory=source_factory or default_source_factory,
         config_path=config_path,
         read_only=read_only,
         coordinate=coordinate,  # operators (issue 7)
+        first_sweep=first_sweep,
     )
     app.run()
     return app.return_code or 0

@@ -44,6 +44,8 @@ from widgets.verdicts import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from console.config import AppConfig
 
 
@@ -97,20 +99,34 @@ class DashboardScreen(Screen[None]):
         """Tell the App the dashboard is visible again."""
         self.post_message(self.Uncovered())
 
-    def __init__(self, config: AppConfig, *, history: int = 300) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        *,
+        history: int = 300,
+        on_ready: Callable[[], object] | None = None,
+    ) -> None:
         """Create the dashboard for a configuration.
 
         Args:
             config: The console configuration (environments, thresholds, hash).
             history: Samples kept per sparkline.
+            on_ready: Called once its widgets are mounted, before its first frame is
+                painted (the App draws the data it already has into that frame).
         """
         super().__init__()
         self.config = config
         self._history = history
+        self._on_ready = on_ready
         self.snapshot: Snapshot | None = None
         """The snapshot on screen."""
         self.stale = False
         """Whether the snapshot on screen is older than its allowed age."""
+
+    def on_mount(self) -> None:
+        """The widgets are there: let the App draw what it has before the first paint."""
+        if self._on_ready is not None:
+            self._on_ready()
 
     def compose(self) -> ComposeResult:
         """Header, verdicts, traffic, panels, alerts, footer."""

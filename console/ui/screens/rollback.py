@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from widgets.rollback_steps import RollbackView
 
 __all__ = [
+    "DECOMMISSION_STEP",
     "HOTKEY_REASON",
     "RollbackConfirmScreen",
     "RollbackDriver",
@@ -71,6 +72,9 @@ log = logging.getLogger(__name__)
 
 HOTKEY_REASON = "emergency rollback from the console's rollback key"
 """The reason recorded for a key press (the key gives no other)."""
+
+DECOMMISSION_STEP = "decommission-blue"
+"""The runbook step that shuts blue down (Phase 3.1); once it ran, a rollback asks first."""
 
 TICK_S = 0.1
 """How often the rollback screen redraws the live elapsed time while the procedure runs."""
@@ -386,15 +390,19 @@ class RollbackDriver:
         deployment_id: Callable[[], str | None] = lambda: None,
         operator: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        fence: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.app = app
         self.config = config
         self._snapshot = snapshot
         self._deployment_id = deployment_id
         self._operator = operator
+        self._fence = fence
         self._monotonic = monotonic
         self.blue_decommissioned = False
-        """Blue was shut down in Phase 3.1 (the runbook sets it): a rollback then asks first."""
+        """Blue is known to be shut down, whatever the runbook says: a rollback then asks first.
+
+        The runbook's own record counts as well (see :meth:`decommissioned`)."""
         self.phase = RollbackPhase.IDLE
         self.view: RollbackView | None = None
         """The current (or last) rollback as shown."""
@@ -408,6 +416,28 @@ class RollbackDriver:
         self._current: tuple[_Request, RollbackSafety | None, bool, float] | None = None
         """The rollback being decided or run: request, pre-flight, confirmed, clock start."""
         self._shown: str | None = None
+
+    def decommissioned(self) -> bool:
+        """Is blue decommissioned? Then even a healthy-looking blue needs a confirmation.
+
+        True when :attr:`blue_decommissioned` is set, or when the deployment loaded in the
+        runbook screen has run (or is running) its Phase 3.1 shutdown of blue, the step
+        :data:`DECOMMISSION_STEP`, passed or attested. A skipped or failed shutdown does not
+        count: blue's health probes then decide. Read on the App's thread, at the key press.
+        """
+        if self.blue_decommissioned:
+            return True
+        from console.runbook.engine import StepState
+
+        driver = getattr(self.app, "runbook_driver", None)
+        session = getattr(driver, "session", None)
+        if session is None or not session.active:
+            return False
+        try:
+            record = session.record(DECOMMISSION_STEP)
+        except KeyError:  # the loaded procedure has no such step (a planned rollback)
+            return False
+        return record.state in (StepState.RUNNING, StepState.PASSED, StepState.ATTESTED)
 
     # -- the rollback thread -------------------------------------------------------------
 
@@ -430,7 +460,9 @@ class RollbackDriver:
         if self._controller is None:
             from console.rollback import RollbackController
 
-            self._controller = RollbackController(self.config, operator=self._operator)
+            self._controller = RollbackController(
+                self.config, operator=self._operator, fence=self._fence
+            )
         return self._controller
 
     async def _warm_here(self) -> str | None:
@@ -553,7 +585,7 @@ class RollbackDriver:
             trigger=trigger,
             automatic=automatic,
             snapshot=self._snapshot(),
-            decommissioned=self.blue_decommissioned,
+            decommissioned=self.decommissioned(),
             deployment_id=self._deployment_id(),
             offer=offer,
         )

@@ -69,6 +69,9 @@ class RunbookDriver:
         self._last_flush = 0.0
         self._flushing = False
         self._prompted = False
+        self.pending_end: str | None = None
+        """A rollback's reason, waiting for the running command to end before the deployment
+        is ended as rolled back."""
 
     @staticmethod
     def binding_sources() -> list[list[Any]]:
@@ -456,6 +459,7 @@ class RunbookDriver:
                 session.tick()
             except Exception as exc:
                 self.app.notify(f"{type(exc).__name__}: {exc}", title="runbook", severity="error")
+            self._end_pending(session)
         screen = self._screen()
         if screen is not None and screen is self.app.screen:
             screen.refresh_view()
@@ -510,9 +514,45 @@ class RunbookDriver:
         try:
             session.end("rolled_back", reason)
         except DeploymentError as exc:
-            self.app.notify(str(exc), title="runbook", severity="error", timeout=15)
+            busy = session.busy
+            if busy is None:
+                self.app.notify(str(exc), title="runbook", severity="error", timeout=15)
+                return False
+            # A command still runs: traffic is already on blue; the deployment ends as
+            # rolled back as soon as the command does (tick), or when it is cancelled.
+            self.pending_end = reason
+            self.app.notify(
+                f"The rollback is done, but deployment {session.deployment_id} stays open while "
+                f"it is {busy}. It ends as rolled back when that ends; cancel it with k on the "
+                "runbook screen.",
+                title="runbook",
+                severity="warning",
+                timeout=30,
+            )
             return False
+        self.pending_end = None
         return True
+
+    def _end_pending(self, session: DeploymentSession) -> None:
+        """End the deployment as rolled back once the command that held it has ended."""
+        from console.deployment import DeploymentError
+
+        reason = self.pending_end
+        if reason is None or session.busy is not None:
+            return
+        self.pending_end = None
+        if not session.active or session.finished:
+            return
+        try:
+            session.end("rolled_back", reason)
+        except DeploymentError as exc:
+            self.app.notify(str(exc), title="runbook", severity="error", timeout=15)
+            return
+        self.app.notify(
+            f"Deployment {session.deployment_id} ended as rolled back.",
+            title="runbook",
+            timeout=10,
+        )
 
     async def aclose(self) -> None:
         """Save what is pending, release the switch and the trail."""
