@@ -198,22 +198,13 @@ def test_readme_first_command_shows_the_console_on_the_sandbox(tmp_path: Path) -
     ``q`` quits with 0, and the background sandbox goes with it."""
     import json
 
-    from test_resume_pty import COLS, ROWS, Terminal
+    from pty_support import Terminal, terminal_env
 
-    env = {
-        k: v
-        for k, v in _env().items()
-        if k not in ("COLORTERM", "NO_COLOR", "FORCE_COLOR")
-        and not k.startswith(("TEXTUAL", "ACGS_CONSOLE"))
-    }
-    env.update(
-        TERM="xterm-256color",
-        LANG="C.UTF-8",
-        LC_ALL="C.UTF-8",
-        COLUMNS=str(COLS),
-        LINES=str(ROWS),
+    env = terminal_env(
+        tmp_path / "state",
+        _env(),
+        drop=("TEXTUAL", "ACGS_CONSOLE"),
         TMPDIR=str(tmp_path),  # the sandbox's work directory lands here, where we can see it
-        XDG_STATE_HOME=str(tmp_path / "state"),
         XDG_CONFIG_HOME=str(tmp_path / "config"),
     )
     term = Terminal([sys.executable, "-m", "console", "--sandbox", "--engines", "none"], env)

@@ -956,25 +956,11 @@ async def test_a_redis_restart_mid_deployment_the_holder_takes_the_lease_again_a
 
 def terminal(config_file: Path, state_home: Path, *flags: str) -> Any:
     """``python -m console --config FILE [flags]`` in a 120x40 pseudo-terminal."""
-    import os
     import sys
 
-    from test_resume_pty import ROOT, Terminal
+    from pty_support import Terminal, terminal_env
 
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("COLORTERM", "NO_COLOR", "FORCE_COLOR") and not k.startswith("TEXTUAL")
-    }
-    env.update(
-        TERM="xterm-256color",
-        LANG="C.UTF-8",
-        LC_ALL="C.UTF-8",
-        COLUMNS="120",
-        LINES="40",
-        XDG_STATE_HOME=str(state_home),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    )
+    env = terminal_env(state_home)
     argv = [sys.executable, "-m", "console", "--config", str(config_file), *flags]
     return Terminal(argv, env)
 
