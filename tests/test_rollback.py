@@ -309,7 +309,10 @@ async def test_planned_rollback_walks_50_monitor_0_validate_blue_through_its_gat
             tmp_path,
             fleet,
             haproxy_traffic(proxy),
-            monitor_windows={"rollback-monitor-50": 1.5},
+            monitor_windows={"rollback-monitor-50": 3.0},
+            # Metrics on every other sweep: blue's P99 needs requests between two scrapes
+            # after the 50 % switch, within the window (the default 5 s cadence is longer).
+            prometheus={"fetch_interval_s": 0.5},
             security=security_files(tmp_path / "security"),  # what every alert rule reads
             commands={
                 "rollback-validate-blue": {
