@@ -90,6 +90,10 @@ if TYPE_CHECKING:
 STARTUP_GRACE_S = 2.0
 """The deferred start-up runs this long after mount at the latest, first sweep or not."""
 
+DEFERRED_DELAY_S = 0.3
+"""... and this long after the first data frame is drawn: the frame is written to the
+terminal by Textual's writer thread, which the start-up's imports would otherwise hold up."""
+
 MAX_BACKOFF_S = 30.0
 """Longest wait between retries of a failing source."""
 
@@ -424,13 +428,12 @@ class ConsoleApp(App[int]):
     def _dashboard_ready(self) -> None:
         if self._render_pending:
             self.render_dashboard()
-            self.screen.refresh(layout=True)
 
     def _finish_startup(self) -> None:
         """Run the deferred start-up, once: after the first sweep is drawn, or the grace."""
         deferred, self._deferred = self._deferred, None
         for callback in deferred or ():
-            self.set_timer(0.3, callback)
+            self.set_timer(DEFERRED_DELAY_S, callback)
 
     def _dashboard_or_none(self) -> DashboardScreen | None:
         return getattr(self, "_dashboard", None)
