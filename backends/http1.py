@@ -57,6 +57,8 @@ REQUEST_HEADERS = (
     b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nUser-Agent: acgs-console\r\n"
 )
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
 _STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NO_BODY = frozenset({204, 304})
@@ -383,12 +385,10 @@ class LeanGet:
             if not line.endswith(b"\n"):
                 raise ProtocolError("peer closed connection in the middle of a chunked body")
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError(f"malformed chunk size {size_text[:20]!r}") from None
-            if size < 0:
-                raise ProtocolError("negative chunk size")
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                # Hex digits only: int(x, 16) would also take "0x10", "1_0" or "+f".
+                raise ProtocolError(f"malformed chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 for _ in range(MAX_HEADER_LINES + 1):  # trailers, then the blank line
                     trailer = await reader.readline()

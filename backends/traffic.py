@@ -573,11 +573,10 @@ class SandboxRouterSwitch:
         self._client = client
         self._own_client = client is None
         self._loop: asyncio.AbstractEventLoop | None = None
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError):  # no running loop: built on first use
             # Built on the loop that will use it: the client (and its transport's imports)
             # is ready before the first read, which is timed with the sweep's probes.
-            self._loop = asyncio.get_running_loop()
-            self._client = self._client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+            self._http()
 
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()

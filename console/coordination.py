@@ -85,7 +85,7 @@ from backends.lease import (
     validate_deployment,
 )
 from backends.models import Frozen, utcnow
-from console.identity import operator_identity, operator_principal, ssh_client
+from console.identity import operator_identity, operator_principal
 
 if TYPE_CHECKING:
     from console.config import AppConfig
@@ -113,7 +113,6 @@ __all__ = [
     "open_coordinator",
     "operator_identity",
     "operator_principal",
-    "ssh_client",
 ]
 
 log = logging.getLogger(__name__)

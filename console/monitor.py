@@ -419,9 +419,14 @@ def _stale_metrics(previous: EnvironmentMetrics, reason: str) -> EnvironmentMetr
 MetricsResult = dict[Environment, EnvironmentMetrics]
 
 
+def _no_metrics(metrics: EnvironmentMetrics) -> bool:
+    """Not one value known for the environment (its scrape or query failed)."""
+    return all(v.value is None for v in metrics.all())
+
+
 def _metrics_kind(source: str) -> _Kind[MetricsResult]:
     def failed(result: MetricsResult) -> bool:
-        return all(v.value is None for m in result.values() for v in m.all())
+        return all(_no_metrics(m) for m in result.values())
 
     def error(reason: str, prev: MetricsResult | None) -> MetricsResult:
         return {
@@ -686,19 +691,19 @@ class Monitor:
             else self.config.probe_timeout_s
         )
 
-        answered: list[MetricsResult] = []
+        before = self.metrics_fetches
 
         async def call() -> MetricsResult:
             result = dict(await source.fetch())
-            answered.append(result)
             self.metrics_fetches += 1
             return result
 
-        kind = _metrics_kind(source.name)
-        result = await self._bounded("metrics", call, timeout, kind)
-        # Only the source's own answer is reused; a timeout, an error or a backed-off
-        # sweep (earlier values marked stale) is not, and the next sweep fetches again.
-        if answered and result is answered[0] and not kind.failed(result):
+        result = await self._bounded("metrics", call, timeout, _metrics_kind(source.name))
+        # Only the source's own answer, with data for each environment, is reused; a timeout,
+        # an error, a backed-off sweep (earlier values marked stale) or an environment that
+        # answered nothing is not, and the next sweep fetches again.
+        answered = self.metrics_fetches > before
+        if answered and not any(_no_metrics(m) for m in result.values()):
             self._metrics_kept, self._metrics_fetched_at = result, now
         else:
             self._metrics_kept = None

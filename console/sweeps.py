@@ -129,14 +129,6 @@ class SweepLoop:
             coro.close()
             raise
 
-    def call(self, func: Callable[[], T]) -> Future[T]:
-        """Run a plain callable on the loop's thread (e.g. a source factory)."""
-
-        async def _call() -> T:
-            return func()
-
-        return self.submit(_call())
-
     async def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Await, from another loop, a coroutine run on this loop.
 
@@ -174,8 +166,6 @@ class FirstSweepResult:
     source: SnapshotSource | None
     snapshot: Snapshot | None
     error: str | None
-    duration_s: float
-    """Wall-clock seconds of the first sweep (0 when the source could not be built)."""
 
 
 async def _build_and_sweep(
@@ -189,25 +179,20 @@ async def _build_and_sweep(
         source = factory(config)
     except Exception as exc:
         return FirstSweepResult(
-            None, None, f"cannot start the monitor: {type(exc).__name__}: {exc}", 0.0
+            None, None, f"cannot start the monitor: {type(exc).__name__}: {exc}"
         )
     built.append(source)
     if go is not None and not go.is_set():
         # Probes timed while another thread imports hold their answers for the GIL: the
         # first latencies would read hundreds of ms. Sweep once the UI is imported.
         await asyncio.get_running_loop().run_in_executor(None, go.wait, GO_WAIT_S)
-    started = time.monotonic()
     try:
         snapshot = await asyncio.wait_for(source.sweep(), timeout_s)
     except TimeoutError:
-        return FirstSweepResult(
-            source, None, f"no answer within {timeout_s:g} s", time.monotonic() - started
-        )
+        return FirstSweepResult(source, None, f"no answer within {timeout_s:g} s")
     except Exception as exc:
-        return FirstSweepResult(
-            source, None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
-        )
-    return FirstSweepResult(source, snapshot, None, time.monotonic() - started)
+        return FirstSweepResult(source, None, f"{type(exc).__name__}: {exc}")
+    return FirstSweepResult(source, snapshot, None)
 
 
 GO_WAIT_S = 3.0

@@ -11,7 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pyte
+from textual.app import App
 from textual.css.query import NoMatches
+from textual.drivers.headless_driver import HeadlessDriver
 
 WAIT_S = 45.0
 """How long a test waits for a condition before it fails (a bound, not a target)."""
@@ -56,3 +59,43 @@ async def click_when_drawn(pilot: Any, selector: str, seconds: float = WAIT_S) -
 
     await wait_until(pilot, drawn, f"{selector} drawn", seconds)
     await pilot.click(selector)
+
+
+# --- a real terminal behind Pilot -------------------------------------------------------------
+
+
+class PyteDriver(HeadlessDriver):
+    """A driver that is not headless: everything Textual writes goes to a pyte terminal
+    (:func:`on_pyte`), and is counted in :attr:`written` (bytes)."""
+
+    screen: pyte.Screen
+    stream: pyte.Stream
+    written = 0
+
+    @property
+    def is_headless(self) -> bool:
+        return False
+
+    def write(self, data: str) -> None:
+        PyteDriver.written += len(data.encode())
+        PyteDriver.stream.feed(data)
+
+
+def on_pyte(app: App[Any], width: int, height: int) -> None:
+    """Have ``app`` (run with ``run_test(headless=False)``) draw on a fresh pyte terminal."""
+    PyteDriver.screen = pyte.Screen(width, height)
+    PyteDriver.stream = pyte.Stream(PyteDriver.screen)
+    app.driver_class = PyteDriver
+
+
+def terminal() -> list[str]:
+    """What the terminal shows."""
+    return [line.rstrip() for line in PyteDriver.screen.display]
+
+
+async def repainted_from_scratch(app: App[Any], pilot: Any) -> list[str]:
+    """What the terminal shows after every widget re-renders and repaints in full."""
+    for widget in app.screen.walk_children(with_self=True):
+        widget.refresh()
+    await pilot.pause(0.05)
+    return terminal()

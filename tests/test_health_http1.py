@@ -156,10 +156,21 @@ async def test_connection_close_is_honoured(prober: HealthProber) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{}",
         b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        # Python's int(x, 16) takes these; HTTP's chunk size is hex digits only.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+2\r\n{}\r\n0\r\n\r\n",
         b"SSH-2.0-OpenSSH_9.6\r\n",
         b"HTTP/1.1 200 OK\r\nBad Header Line\r\n\r\n{}",
     ],
-    ids=["short-body", "bad-length", "bad-chunk", "not-http", "bad-header"],
+    ids=[
+        "short-body",
+        "bad-length",
+        "bad-chunk",
+        "0x-chunk",
+        "signed-chunk",
+        "not-http",
+        "bad-header",
+    ],
 )
 async def test_a_broken_answer_is_a_bad_response_never_up(
     prober: HealthProber, reply: bytes

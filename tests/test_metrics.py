@@ -690,7 +690,7 @@ async def test_one_query_per_metric_answers_for_both_environments(
 
 @pytest.mark.engines
 async def test_scrape_of_a_hung_service_is_a_timeout_and_never_holds_the_fetch(
-    fleet: Fleet,
+    fleet: Fleet, client: httpx.AsyncClient
 ) -> None:
     """The fleet's hang fault holds /metrics too: the scrape gives up at its timeout."""
     hung = next(
@@ -706,11 +706,10 @@ async def test_scrape_of_a_hung_service_is_a_timeout_and_never_holds_the_fetch(
     )
     assert response.status_code == 200, response.text
     try:
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            source = DirectScrapeSource(client, targets, timeout_s=0.3)
-            started = time.monotonic()
-            result = await source.fetch()
-            elapsed = time.monotonic() - started
+        source = DirectScrapeSource(client, targets, timeout_s=0.3)
+        started = time.monotonic()
+        result = await source.fetch()
+        elapsed = time.monotonic() - started
     finally:
         httpx.post(fleet.control_url + "/control/clear", json=fault, timeout=5)
     assert elapsed < 0.3 + 1.0, f"the fetch took {elapsed:.2f} s"

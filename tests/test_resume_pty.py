@@ -153,7 +153,12 @@ def test_sigkill_the_tui_mid_phase_and_resume_exactly_there(
         with console(config_file, state_home) as first:
             first.wait_for("the dashboard", lambda t: "BLUE" in t and "GREEN" in t and " up" in t)
             first.press("d")
-            first.wait_for("the runbook screen", lambda t: "Press n to start one" in t)
+            # The runbook's keys drive once the lease is known (it is taken after the first
+            # data frame): until then the console is read-only and n does nothing.
+            first.wait_for(
+                "the runbook screen, driving",
+                lambda t: "Press n to start one" in t and "▶ driving" in t,
+            )
             first.press("n")
             deployment_id = first.wait_for(
                 "the deployment to start", lambda t: (m := DEPLOYMENT_ID.search(t)) and m[1]

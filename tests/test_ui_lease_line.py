@@ -12,9 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pyte
+from pilot_support import PyteDriver, on_pyte, repainted_from_scratch, terminal
 from textual.app import App, ComposeResult
-from textual.drivers.headless_driver import HeadlessDriver
 
 from backends.lease import LeaseHolder
 from console.coordination import LeaseStatus, Role
@@ -129,44 +128,15 @@ def test_a_lock_file_lease_and_a_cut_off_console_have_nothing_ticking() -> None:
 # --- on the terminal -----------------------------------------------------------------------
 
 
-class PyteDriver(HeadlessDriver):
-    """Everything Textual writes goes to a pyte terminal (and is counted)."""
-
-    screen: pyte.Screen
-    stream: pyte.Stream
-    written = 0
-
-    @property
-    def is_headless(self) -> bool:
-        return False
-
-    def write(self, data: str) -> None:
-        PyteDriver.written += len(data.encode())
-        PyteDriver.stream.feed(data)
-
-
 class LineApp(App[None]):
     def compose(self) -> ComposeResult:
         yield LeaseStatusLine(id="lease-line")
 
 
-def terminal() -> list[str]:
-    return [line.rstrip() for line in PyteDriver.screen.display]
-
-
-async def repainted_from_scratch(app: App[None], pilot: Any) -> list[str]:
-    for widget in app.screen.walk_children(with_self=True):
-        widget.refresh()
-    await pilot.pause(0.05)
-    return terminal()
-
-
 async def test_a_tick_resends_a_few_cells_and_the_terminal_stays_right() -> None:
     width = 120
-    PyteDriver.screen = pyte.Screen(width, 6)
-    PyteDriver.stream = pyte.Stream(PyteDriver.screen)
     app = LineApp()
-    app.driver_class = PyteDriver
+    on_pyte(app, width, 6)
     async with app.run_test(size=(width, 6), headless=False) as pilot:
         widget = app.query_one(LeaseStatusLine)
         widget.show(driving(13.4))
@@ -207,10 +177,8 @@ async def test_a_tick_resends_a_few_cells_and_the_terminal_stays_right() -> None
 
 async def test_a_narrow_line_wraps_its_steady_parts_and_keeps_the_clock() -> None:
     width = 60
-    PyteDriver.screen = pyte.Screen(width, 6)
-    PyteDriver.stream = pyte.Stream(PyteDriver.screen)
     app = LineApp()
-    app.driver_class = PyteDriver
+    on_pyte(app, width, 6)
     async with app.run_test(size=(width, 6), headless=False) as pilot:
         widget = app.query_one(LeaseStatusLine)
         widget.show(lease_line(status(Role.OBSERVING, holder=holder()), T0, KEYS))

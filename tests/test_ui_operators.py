@@ -55,8 +55,8 @@ LEASE_MS = 4000
 """Long enough that a renewal (its store timeout is a sixth of the lease) survives a loaded
 CI machine running three consoles on one event loop; the expiry test uses :data:`SHORT_LEASE_MS`."""
 SHORT_LEASE_MS = 3000
-"""For the expiry test: quick to run out, yet its 0.5 s store timeout survives the relay (which
-shares the test's event loop with two consoles) on a loaded machine."""
+"""For the expiry test: quick to run out, yet its 0.5 s store timeout survives the relay (on
+its own thread and event loop, beside the two consoles') on a loaded machine."""
 SIZE = (120, 40)
 TRIES = 1000
 """Pauses of 0.02 s: a bound on waiting, not a timing assertion."""

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import ui_fixtures as fx
 
-from console.ui.identity import operator_identity, ssh_client
-from console.ui.polling import SweepCompleted, SweepFailed, SweepLoop
+from console.identity import operator_identity, ssh_client
+from console.sweeps import SweepLoop
+from console.ui.polling import SweepCompleted, SweepFailed
 from console.ui.ui_state import STATE_FILE, load_theme, save_theme
 
 

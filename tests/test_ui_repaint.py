@@ -13,12 +13,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyte
 import pytest
 import ui_fixtures as fx
+from pilot_support import on_pyte, repainted_from_scratch, terminal
 from rich.segment import Segment
 from rich.style import Style
-from textual.drivers.headless_driver import HeadlessDriver
 from textual.strip import Strip
 
 from backends.models import (
@@ -209,33 +208,6 @@ async def test_on_a_tall_terminal_alerts_coming_and_going_do_not_move_the_layout
 # --- the terminal after partial repaints ----------------------------------------------------
 
 
-class PyteDriver(HeadlessDriver):
-    """A driver that is not headless: everything Textual writes goes to a pyte terminal."""
-
-    screen: pyte.Screen
-    stream: pyte.Stream
-
-    @property
-    def is_headless(self) -> bool:
-        return False
-
-    def write(self, data: str) -> None:
-        PyteDriver.stream.feed(data)
-
-
-def terminal() -> list[str]:
-    """What the terminal shows."""
-    return [line.rstrip() for line in PyteDriver.screen.display]
-
-
-async def repainted_from_scratch(app: Any, pilot: Any) -> list[str]:
-    """What the terminal shows after every widget re-renders and repaints in full."""
-    for widget in app.screen.walk_children(with_self=True):
-        widget.refresh()
-    await pilot.pause(0.05)
-    return terminal()
-
-
 def wobbled(state: Any, i: int) -> Snapshot:
     snapshot: Snapshot = state(fx.T0 + timedelta(seconds=i), i + 1, wobble=math.sin(i))
     services = tuple(
@@ -253,12 +225,10 @@ async def test_the_terminal_matches_a_full_repaint_after_every_update(
 ) -> None:
     states = [fx.healthy, fx.green_degraded, fx.prometheus_unreachable, fx.mid_switch, fx.healthy]
     snapshots = [wobbled(states[i // 3 % len(states)], i) for i in range(15)]
-    PyteDriver.screen = pyte.Screen(*size)
-    PyteDriver.stream = pyte.Stream(PyteDriver.screen)
     clock = {"now": snapshots[0].taken_at}
     app, source = fx.make_app(tmp_path, snapshots, then="hold")
     app.clock = lambda: clock["now"]
-    app.driver_class = PyteDriver
+    on_pyte(app, *size)
     async with app.run_test(size=size, headless=False) as pilot:
         for i, snapshot in enumerate(snapshots):
             clock["now"] = snapshot.taken_at + timedelta(milliseconds=800)

@@ -1213,6 +1213,30 @@ def test_a_failed_attempt_is_said_at_once_then_the_fallback() -> None:
     assert view.steps[STEP_BLUE_HEALTHY].state is StepState.SKIPPED
 
 
+def test_a_switch_that_succeeds_on_a_retry_is_no_longer_failing() -> None:
+    # What the hidden rollback screen warns about (RollbackDriver.hidden) and what its
+    # headline says are the same judgement: a retry that worked ends the failing.
+    view = RollbackView(INCIDENT, manual_fallback=FALLBACK)
+    events = succeeded_events()
+    retry = _event(
+        RollbackEventKind.ATTEMPT_FAILED,
+        1.0,
+        step=STEP_SWITCH,
+        message="connection refused",
+        attempt=1,
+        retry_in_s=0.2,
+    )
+    view.apply(events[0])
+    view.apply(events[1])  # the switch step starts
+    view.apply(retry)
+    assert view.switch_failing
+    assert view.headline()[1] == "SWITCH ATTEMPT 1 FAILED: retrying in 0.2 s"
+    view.apply(events[2])  # ... and ends OK on the second attempt
+    assert view.steps[STEP_SWITCH].state is StepState.OK
+    assert view.attempts and not view.switch_failing
+    assert view.headline()[1] == "ROLLING BACK TO BLUE"
+
+
 def test_events_of_another_rollback_are_ignored_and_a_crash_is_no_success() -> None:
     view = RollbackView(INCIDENT, manual_fallback=FALLBACK)
     view.apply(_event(RollbackEventKind.STARTED, 0.1, message="go"))

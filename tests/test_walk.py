@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pilot_support import wait_until as wait_for
 from walk_fixtures import (
     clear_faults,
     fleet_fault,
@@ -63,16 +64,6 @@ def blue_down_argv(control_url: str) -> list[str]:
         "print('blue: graceful shutdown done, data preserved')\n"
     )
     return python_argv(code)
-
-
-async def wait_for(pilot: Any, condition: Callable[[], bool], what: str, seconds: float) -> None:
-    """Let the app run until ``condition`` holds (a bound on waiting, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await pilot.pause(0.05)
 
 
 async def type_text(pilot: Any, text: str) -> None:

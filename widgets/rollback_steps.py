@@ -252,6 +252,16 @@ class RollbackView:
         return self.result is None and self.crashed is None
 
     @property
+    def switch_failing(self) -> bool:
+        """No result yet, and the switch has failed an attempt (and not succeeded since) or
+        given up for the manual fallback."""
+        if self.result is not None:
+            return False
+        if self.fallback is not None:
+            return True
+        return bool(self.attempts) and self.steps[STEP_SWITCH].state is not StepState.OK
+
+    @property
     def succeeded(self) -> bool:
         """Read back 0 % green and every check passed (the procedure's own verdict)."""
         return self.result is not None and self.result.success
@@ -287,8 +297,7 @@ class RollbackView:
             }[result.outcome]
         if self.fallback is not None:
             return (bad, "SWITCH FAILED: TRAFFIC IS NOT CONFIRMED ON BLUE", "$error bold")
-        switch = self.steps[STEP_SWITCH]
-        if self.attempts and switch.state is not StepState.OK:
+        if self.switch_failing:
             last = self.attempts[-1]
             then = (
                 "no retries left"

@@ -76,7 +76,8 @@ from console.runbook.predicates import (
     TrafficMark,
     Verdict,
     WatchSpan,
-    served_between,
+    alert_serving,
+    sweep_mark,
 )
 
 OUTPUT_TAIL_LINES = 200
@@ -1258,9 +1259,8 @@ class RunbookEngine:
             )
             return record
         readback = await self._traffic.read_split()
-        for s in (split, readback):
-            if s.green_percentage is not None and not s.stale:
-                self._note_traffic(s.read_at, s.green_percentage)
+        self._note_split(split)
+        self._note_split(readback)
         evidence["set_read_back"] = split.model_dump(mode="json")
         evidence["read_back"] = readback.model_dump(mode="json")
         problems = []
@@ -1288,8 +1288,7 @@ class RunbookEngine:
         if self._traffic is None:
             raise EngineError("no traffic switch is connected to the runbook engine")
         split = await self._traffic.read_split()
-        if split.green_percentage is not None and not split.stale:
-            self._note_traffic(split.read_at, split.green_percentage)
+        self._note_split(split)
         self._emit("traffic.read_back", operator, split=split.model_dump(mode="json"))
         return split
 
@@ -1366,6 +1365,11 @@ class RunbookEngine:
             self._feed_window(snapshot)
         self.tick()
 
+    def _note_split(self, split: TrafficSplit) -> None:
+        """Keep a fresh read-back of the split (an unknown or stale one says nothing)."""
+        if split.green_percentage is not None and not split.stale:
+            self._note_traffic(split.read_at, split.green_percentage)
+
     def _note_traffic(self, at: datetime, green_percentage: float | None) -> None:
         """Keep the split read back at ``at`` (only where it changes what was in force)."""
         marks = self.state.traffic_seen
@@ -1378,9 +1382,8 @@ class RunbookEngine:
 
     def _note_alerts(self, snapshot: Snapshot) -> None:
         """The alert history: what was watched when, the split, alerts firing, rules blind."""
-        split = snapshot.traffic
-        known = None if split.stale else split.green_percentage
-        self._note_traffic(split.read_at if known is not None else snapshot.taken_at, known)
+        mark = sweep_mark(snapshot)  # in force for this snapshot's alert states
+        self._note_traffic(mark.at, mark.green_percentage)
         if not snapshot.alerts:
             return  # no rule states: this snapshot watched nothing
         allowed = self.config.thresholds.stale_after_s
@@ -1392,20 +1395,13 @@ class RunbookEngine:
         cur = self.current()
         phase_id = cur[0].id if cur else ""
         at = snapshot.taken_at
-        # The sweep's own read of the split is in force for its alert states.
-        mark_at = split.read_at if known is not None else at
-        end = max(at, mark_at)
         blind_now: set[tuple[str, str | None, bool | None]] = set()
         for a in snapshot.alerts:
             firing = a.phase is AlertPhase.FIRING
             if not firing and not a.unknown:
                 continue
             env = a.environment.value if a.environment else None
-            serving = (
-                None
-                if env is None
-                else served_between(env, self.state.traffic_seen, a.active_since or mark_at, end)
-            )
+            serving = alert_serving(a, self.state.traffic_seen, snapshot, mark)
             if not firing:
                 blind_now.add((a.rule_id, env, serving))
                 self._note_blind(a.rule_id, a.name, a.severity.value, env, serving, phase_id, at)

@@ -46,6 +46,7 @@ from pydantic import (
 
 from backends.models import (
     AlertPhase,
+    AlertState,
     Environment,
     EnvironmentMetrics,
     EnvironmentSnapshot,
@@ -238,6 +239,32 @@ def served_between(
     if any(v is True for v in verdicts):
         return True
     return None if any(v is None for v in verdicts) else False
+
+
+def sweep_mark(snap: Snapshot) -> TrafficMark:
+    """The sweep's own read of the split: in force for the alert states of its snapshot.
+
+    A stale or missing read-back is a mark without a value, at the snapshot's time.
+    """
+    split = snap.traffic
+    known = None if split.stale else split.green_percentage
+    return TrafficMark(
+        at=split.read_at if known is not None else snap.taken_at, green_percentage=known
+    )
+
+
+def alert_serving(
+    alert: AlertState, marks: Sequence[TrafficMark], snap: Snapshot, mark: TrafficMark
+) -> bool | None:
+    """Whether the alert's environment carried traffic while the alert was active.
+
+    ``marks`` include the sweep's own ``mark`` (:func:`sweep_mark`). None for an
+    estate-wide alert, or when the split is unknown for part of that time.
+    """
+    if alert.environment is None:
+        return None
+    start = alert.active_since or mark.at
+    return served_between(alert.environment.value, marks, start, max(snap.taken_at, mark.at))
 
 
 def unwatched(
@@ -885,12 +912,8 @@ class AlertsCheck(_Predicate):
                 )
             ]
         hist = ctx.history
-        split = snap.traffic
-        known = None if split.stale else split.green_percentage
-        mark_at = split.read_at if known is not None else snap.taken_at
-        # The sweep's own read of the split is in force for its alert states.
-        marks = [*(hist.traffic if hist else ()), TrafficMark(at=mark_at, green_percentage=known)]
-        end = max(snap.taken_at, mark_at)
+        mark = sweep_mark(snap)
+        marks = [*(hist.traffic if hist else ()), mark]
 
         fails: list[str] = []
         unsure: list[str] = []
@@ -901,11 +924,7 @@ class AlertsCheck(_Predicate):
             if not self._severity_ok(a.severity.value):
                 continue
             env = a.environment.value if a.environment else None
-            serving = (
-                None
-                if env is None or self.environment != "serving"
-                else served_between(env, marks, a.active_since or mark_at, end)
-            )
+            serving = alert_serving(a, marks, snap, mark) if self.environment == "serving" else None
             counts = self._counts(env, serving)
             firing = a.phase is AlertPhase.FIRING
             label = f"{a.name} ({env or 'all'})"

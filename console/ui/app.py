@@ -54,6 +54,7 @@ from textual.binding import Binding, BindingType
 from textual.theme import Theme
 
 from backends.models import Snapshot, utcnow
+from console.identity import operator_identity
 from console.sweeps import (
     FirstSweep,
     FirstSweepResult,
@@ -65,7 +66,6 @@ from console.sweeps import (
     sweep_timeout_s,
 )
 from console.ui.commands import ConsoleCommands
-from console.ui.identity import operator_identity
 from console.ui.polling import SweepCompleted, SweepFailed
 from console.ui.screens.dashboard import DashboardScreen, DashboardState
 from console.ui.screens.help import HelpScreen, key_help
@@ -272,7 +272,8 @@ class ConsoleApp(App[int]):
             snapshot=lambda: self._latest,
             deployment_id=lambda: self._deployment[0],
             operator=self.operator,
-            fence=self._lease_fence,  # operators (issue 7): rollback records carry the fence
+            # operators (issue 7): rollback records carry the fence
+            fence=lambda: self.operators.fence,
         )
         """The emergency rollback: key, confirmation, procedure thread, rollback screen."""
         # -- end rollback --
@@ -404,26 +405,20 @@ class ConsoleApp(App[int]):
         self._dashboard = dashboard
         # A first sweep started before the UI and already done is taken now; the dashboard
         # draws it once its widgets are mounted (_dashboard_ready), into its first frame.
-        drawn = self._start()
+        self._start()
         await self.push_screen(dashboard)
         self.theme_changed_signal.subscribe(self, self._on_theme_changed)
         self._theme_ready = True
         for note in self._startup_notes:
             self.notify(note, title="configuration", severity="warning", timeout=10)
-        if not drawn or self._render_pending:
-            self.render_dashboard()
+        if self.rendered_sequence is None:
+            self.render_dashboard()  # no data yet: the empty (or failed) dashboard
         self.set_interval(1.0, self._tick, name="dashboard-tick")
         if self.operators.enabled:
             self.set_interval(1.0, self.operators.tick, name="operators-tick")
         self.set_interval(1.0, self.runbook_driver.tick, name="runbook-tick")
         if self._deferred is not None:
             self.set_timer(STARTUP_GRACE_S, self._finish_startup, name="startup-grace")
-
-    def _lease_fence(self) -> int | None:
-        """The fencing number this console drives with (None without the lease)."""
-        operators = getattr(self, "operators", None)
-        coordinator = operators.coordinator if operators is not None else None
-        return coordinator.fence if coordinator is not None else None
 
     def _dashboard_ready(self) -> None:
         if self._render_pending:
@@ -630,13 +625,13 @@ class ConsoleApp(App[int]):
 
     # -- polling ---------------------------------------------------------------------------
 
-    def _start(self) -> bool:
-        """Start polling; returns whether a first sweep's result was drawn already."""
+    def _start(self) -> None:
+        """Start polling; a first sweep already done is taken over at once."""
         first = self._first_sweep
         if self._source is not None:
             self._sweeps = SweepLoop()
             self._poll_now()
-            return False
+            return
         if first is None:
             assert self._source_factory is not None
             first = start_first_sweep(
@@ -648,9 +643,8 @@ class ConsoleApp(App[int]):
         if first.future.done():
             # Started before the UI (the CLI does): its result goes into the first frame.
             self._take_over(first, self._first_result(first))
-            return True
+            return
         self.run_worker(self._await_first_sweep(first), group="source", exit_on_error=False)
-        return False
 
     @staticmethod
     def _first_result(first: FirstSweep) -> FirstSweepResult:
@@ -658,7 +652,7 @@ class ConsoleApp(App[int]):
             return first.future.result()
         except Exception as exc:
             return FirstSweepResult(
-                None, None, f"cannot start the monitor: {type(exc).__name__}: {exc}", 0.0
+                None, None, f"cannot start the monitor: {type(exc).__name__}: {exc}"
             )
 
     async def _await_first_sweep(self, first: FirstSweep) -> None:

@@ -1,8 +1,7 @@
 """Sweep results as messages to the App (the loop itself is :mod:`console.sweeps`).
 
 The App never runs a sweep on its own event loop. Sweeps run on a private
-asyncio loop in a daemon thread (:class:`~console.sweeps.SweepLoop`, re-exported
-here), so a probe that blocks (a stuck DNS lookup, a sync client without a
+asyncio loop in a daemon thread (:class:`~console.sweeps.SweepLoop`), so a probe that blocks (a stuck DNS lookup, a sync client without a
 timeout) can delay the data but never the keyboard or the screen. The App awaits
 the result and receives it as a :class:`SweepCompleted` (or :class:`SweepFailed`)
 message; a newer result replaces an older one still queued
@@ -14,9 +13,6 @@ from __future__ import annotations
 from textual.message import Message
 
 from backends.models import Snapshot
-from console.sweeps import SnapshotSource, SweepLoop, name_os_thread
-
-__all__ = ["SnapshotSource", "SweepCompleted", "SweepFailed", "SweepLoop", "name_os_thread"]
 
 
 class SweepCompleted(Message):

@@ -351,6 +351,11 @@ class OperatorsDriver:
 
     # -- what the App asks -------------------------------------------------------------------
 
+    @property
+    def fence(self) -> int | None:
+        """The fencing number this console drives with (None without the lease)."""
+        return self.coordinator.fence if self.coordinator is not None else None
+
     def can_drive(self) -> bool:
         """Whether this console may drive now (always, when it does not coordinate)."""
         if not self.enabled:

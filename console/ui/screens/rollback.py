@@ -42,7 +42,7 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
-from console.ui.polling import SweepLoop
+from console.sweeps import SweepLoop
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -805,7 +805,7 @@ class RollbackDriver:
     def hidden(self) -> None:
         """The operator hid the rollback screen: if its switch is failing, keep saying so."""
         view = self.view
-        if view is not None and view.result is None and (view.attempts or view.fallback):
+        if view is not None and view.switch_failing:
             self._say_failing(view)
 
     def _say_failing(self, view: RollbackView) -> None:

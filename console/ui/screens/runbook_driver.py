@@ -69,9 +69,9 @@ class RunbookDriver:
         self._last_flush = 0.0
         self._flushing = False
         self._prompted = False
-        self.pending_end: str | None = None
-        """A rollback's reason, waiting for the running command to end before the deployment
-        is ended as rolled back."""
+        self.pending_end: tuple[str | None, str] | None = None
+        """``(deployment id, rollback reason)``: a deployment a rollback left open because a
+        command was running; it is ended as rolled back once the command has ended."""
 
     @staticmethod
     def binding_sources() -> list[list[Any]]:
@@ -459,7 +459,12 @@ class RunbookDriver:
                 session.tick()
             except Exception as exc:
                 self.app.notify(f"{type(exc).__name__}: {exc}", title="runbook", severity="error")
-            self._end_pending(session)
+            if self.pending_end is not None and session.busy is None and self._end_pending(session):
+                self.app.notify(
+                    f"Deployment {session.deployment_id} ended as rolled back.",
+                    title="runbook",
+                    timeout=10,
+                )
         screen = self._screen()
         if screen is not None and screen is self.app.screen:
             screen.refresh_view()
@@ -481,7 +486,7 @@ class RunbookDriver:
         """Records from ticks and snapshots carry the lease's current fence (operators, issue 7)."""
         operators = getattr(self.app, "operators", None)
         if operators is not None and operators.coordinator is not None and not session.busy:
-            session.fence = operators.coordinator.fence
+            session.fence = operators.fence
 
     def _rollback_offered(self, reason: str, automatic: bool) -> None:
         if self.rollback_hook is not None:
@@ -503,56 +508,49 @@ class RunbookDriver:
     def rolled_back(self, reason: str) -> bool:
         """End the loaded deployment as rolled back (call it when the rollback has run).
 
-        Returns:
-            True when a deployment in progress was ended.
-        """
-        from console.deployment import DeploymentError
+        A running command holds the deployment open: it then ends as rolled back as soon
+        as the command does (:meth:`tick`), or is cancelled, and the console says so.
 
+        Returns:
+            True when a deployment in progress was ended now.
+        """
         session = self.session
         if session is None or not session.active or session.finished:
             return False
-        try:
-            session.end("rolled_back", reason)
-        except DeploymentError as exc:
-            busy = session.busy
-            if busy is None:
-                self.app.notify(str(exc), title="runbook", severity="error", timeout=15)
-                return False
-            # A command still runs: traffic is already on blue; the deployment ends as
-            # rolled back as soon as the command does (tick), or when it is cancelled.
-            self.pending_end = reason
+        self.pending_end = (session.deployment_id, reason)
+        if self._end_pending(session):
+            return True
+        if self.pending_end is not None:
             self.app.notify(
                 f"The rollback is done, but deployment {session.deployment_id} stays open while "
-                f"it is {busy}. It ends as rolled back when that ends; cancel it with k on the "
-                "runbook screen.",
+                f"it is {session.busy}. It ends as rolled back when that ends; cancel it with k "
+                "on the runbook screen.",
                 title="runbook",
                 severity="warning",
                 timeout=30,
             )
-            return False
-        self.pending_end = None
-        return True
+        return False
 
-    def _end_pending(self, session: DeploymentSession) -> None:
-        """End the deployment as rolled back once the command that held it has ended."""
+    def _end_pending(self, session: DeploymentSession) -> bool:
+        """End the deployment a rollback left waiting, if it still can; True when ended."""
         from console.deployment import DeploymentError
 
-        reason = self.pending_end
-        if reason is None or session.busy is not None:
-            return
-        self.pending_end = None
-        if not session.active or session.finished:
-            return
+        if self.pending_end is None:
+            return False
+        deployment_id, reason = self.pending_end
+        if not session.active or session.finished or session.deployment_id != deployment_id:
+            self.pending_end = None  # over by other means, or another deployment is loaded
+            return False
         try:
             session.end("rolled_back", reason)
         except DeploymentError as exc:
+            if session.busy is not None:
+                return False  # a command still runs: again once it has ended
+            self.pending_end = None
             self.app.notify(str(exc), title="runbook", severity="error", timeout=15)
-            return
-        self.app.notify(
-            f"Deployment {session.deployment_id} ended as rolled back.",
-            title="runbook",
-            timeout=10,
-        )
+            return False
+        self.pending_end = None
+        return True
 
     async def aclose(self) -> None:
         """Save what is pending, release the switch and the trail."""
